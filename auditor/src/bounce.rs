@@ -1,0 +1,339 @@
+//! Bounce events from `cluegetter.bounce.archive` into `bounce` / `bounce_report`. Commit, then
+//! ack; beside it, the relinker.
+//!
+//! Bounces are few (one per delivery report), so they are stored one at a time, each in its own
+//! transaction: decode (not JSON or another wire major version: poison), write ([`BounceStore`];
+//! a value the database refuses: poison), dead-letter poison to
+//! `cluegetter.bounce.dead-letter` with the reason and wait for the broker's confirm, then ack.
+//! While the database cannot be written nothing is acked: the event is retried with backoff and
+//! the broker holds the rest (prefetch). A lost broker connection means redelivery, which
+//! changes nothing (idempotent on the bounce UUID).
+//!
+//! A bounce can arrive before its message's audit event (the report is written by Postfix
+//! seconds after the gateway answered, and the audit event may still be in the gateway's spool).
+//! Such a bounce is stored unlinked; the relinker joins the unlinked bounces of the last
+//! [`RELINK_WINDOW`] to messages stored since, every [`RELINK_EVERY`].
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Confirmation, Connection};
+use tokio_util::sync::CancellationToken;
+use wire::BounceEvent;
+use wire::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
+use wire::config::Config;
+use wire::contract::{self, WireError};
+
+use crate::consume::REASON_HEADER;
+use crate::store;
+use crate::store::bounce::{BounceOutcome, BounceStore, Link};
+
+/// How often unlinked bounces are matched again.
+pub const RELINK_EVERY: Duration = Duration::from_secs(5);
+/// How far back unlinked bounces are matched again (longer than a gateway's spool plausibly
+/// holds an audit event; older ones are left as they are).
+pub const RELINK_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Deliveries in flight to this consumer.
+const PREFETCH: u16 = 16;
+
+/// Bounce events stored, by `status` (`parsed`, `partial`, `unparseable`).
+pub const STORED: &str = "cluegetter_auditor_bounces_stored_total";
+/// Bounces linked to their message, by `link` (`queue_id`, `cluegetter_id`, `message_id`) and
+/// `when` (`stored`: on arrival, `later`: by the relinker).
+pub const LINKED: &str = "cluegetter_auditor_bounces_linked_total";
+/// Bounces stored without a link (their message unknown so far).
+pub const UNLINKED: &str = "cluegetter_auditor_bounces_unlinked_total";
+/// Redelivered bounce events skipped.
+pub const DUPLICATES: &str = "cluegetter_auditor_bounce_duplicates_total";
+/// Bounce events sent to the dead-letter queue, by `reason` (`undecodable`, `version`,
+/// `refused`).
+pub const DEAD_LETTERED: &str = "cluegetter_auditor_bounces_dead_lettered_total";
+
+fn describe() {
+    metrics::describe_counter!(STORED, "Bounce events stored, by parse status");
+    metrics::describe_counter!(LINKED, "Bounces linked to their message, by link and when");
+    metrics::describe_counter!(UNLINKED, "Bounces stored before (or without) their message");
+    metrics::describe_counter!(DUPLICATES, "Redelivered bounce events skipped");
+    metrics::describe_counter!(DEAD_LETTERED, "Bounce events dead-lettered, by reason");
+    for status in ["parsed", "partial", "unparseable"] {
+        metrics::counter!(STORED, "status" => status).increment(0);
+    }
+    for link in Link::ALL {
+        for when in ["stored", "later"] {
+            metrics::counter!(LINKED, "link" => link.as_str(), "when" => when).increment(0);
+        }
+    }
+    for reason in ["undecodable", "version", "refused"] {
+        metrics::counter!(DEAD_LETTERED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(UNLINKED).increment(0);
+    metrics::counter!(DUPLICATES).increment(0);
+}
+
+/// Consumes bounce events and relinks until `shutdown` fires; keeps reconnecting to the broker
+/// and retrying the database meanwhile.
+///
+/// # Errors
+/// `database.url` cannot be parsed.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    describe();
+    // bounces are few: a small pool beside the audit consumer's
+    let pool = store::connect_lazy(&config.database.url, 2).context("invalid database.url")?;
+    let store = BounceStore::new(pool);
+    let max_backoff = config.broker.reconnect_max_backoff;
+    let (consumed, ()) = tokio::join!(
+        consume_for_ever(&config.broker.url, &store, max_backoff, &shutdown),
+        relink_for_ever(&store, &shutdown),
+    );
+    store.pool().close().await;
+    consumed
+}
+
+async fn consume_for_ever(
+    url: &str,
+    store: &BounceStore,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let Some(connection) =
+            broker::connect_with_backoff(url, "cluegetter-auditor bounces", max_backoff, shutdown)
+                .await
+        else {
+            return Ok(());
+        };
+        let result = consume(&connection, store, max_backoff, shutdown).await;
+        let _ = connection.close(200, "auditor stopping".into()).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in = ?delay,
+                    "lost the broker connection of the bounce consumer; reconnecting"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
+            }
+        }
+    }
+}
+
+/// Consumes on one connection until shutdown (`Ok`) or a broker error (`Err`).
+async fn consume(
+    connection: &Connection,
+    store: &BounceStore,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    broker::declare_bounce_topology(&channel)
+        .await
+        .context("cannot declare the bounce exchange and queues")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .context("cannot set the prefetch")?;
+    let tag = format!("cluegetter-auditor-bounces-{}", uuid::Uuid::now_v7());
+    let mut consumer = channel
+        .basic_consume(
+            BOUNCE_QUEUE.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume {BOUNCE_QUEUE}"))?;
+    tracing::info!(queue = BOUNCE_QUEUE, "consuming bounce events");
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    return Err(error).with_context(|| format!("consuming {BOUNCE_QUEUE} failed"));
+                }
+                None => bail!("the broker cancelled our consumer of {BOUNCE_QUEUE}"),
+            },
+        };
+        if !handle(&channel, store, &delivery, max_backoff, shutdown).await? {
+            break;
+        }
+    }
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let _ = channel.close(200, "auditor stopping".into()).await;
+    Ok(())
+}
+
+/// Stores (or dead-letters) one delivery and acks it. Returns false when shutdown came while
+/// the database could not be written: then it is not acked and will be redelivered.
+async fn handle(
+    channel: &Channel,
+    store: &BounceStore,
+    delivery: &Delivery,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let event = match contract::decode::<BounceEvent>(&delivery.data) {
+        Ok(event) => event,
+        Err(error) => {
+            let kind = match error {
+                WireError::Decode(_) => "undecodable",
+                WireError::Version { .. } => "version",
+            };
+            dead_letter(channel, delivery, kind, &error.to_string()).await?;
+            return ack(channel, delivery).await.map(|()| true);
+        }
+    };
+    let mut delay = Duration::from_millis(100);
+    let outcome = loop {
+        match store.write(&event).await {
+            Ok(outcome) => break outcome,
+            Err(error) => {
+                tracing::error!(bounce_id = %event.bounce_id, %error, retry_in = ?delay,
+                    "cannot write a bounce to the database; not acked; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(false),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
+            }
+        }
+    };
+    let report = &event.report;
+    let queue_id = report.per_message.queue_id.as_str();
+    match outcome {
+        BounceOutcome::Stored { link } => {
+            metrics::counter!(STORED, "status" => report.status.as_str()).increment(1);
+            match link {
+                Some(link) => {
+                    metrics::counter!(LINKED, "link" => link.as_str(), "when" => "stored")
+                        .increment(1);
+                }
+                None => metrics::counter!(UNLINKED).increment(1),
+            }
+            tracing::info!(
+                bounce_id = %event.bounce_id,
+                %queue_id,
+                status = report.status.as_str(),
+                recipients = report.recipients.len(),
+                link = link.map_or("none", Link::as_str),
+                "bounce stored"
+            );
+        }
+        BounceOutcome::Duplicate => {
+            metrics::counter!(DUPLICATES).increment(1);
+            tracing::info!(bounce_id = %event.bounce_id, "bounce already stored (redelivery); skipped");
+        }
+        BounceOutcome::Refused(reason) => {
+            dead_letter(channel, delivery, "refused", &reason).await?;
+        }
+    }
+    ack(channel, delivery).await.map(|()| true)
+}
+
+async fn ack(channel: &Channel, delivery: &Delivery) -> anyhow::Result<()> {
+    channel
+        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .context("cannot ack a stored bounce (it will be redelivered and skipped)")
+}
+
+/// Publishes the delivery, unchanged but for the reason header, to the dead-letter queue and
+/// waits for the broker's confirm.
+async fn dead_letter(
+    channel: &Channel,
+    delivery: &Delivery,
+    kind: &'static str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    let properties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            BOUNCE_DEAD_LETTER_QUEUE.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await
+        .context("cannot publish to the bounce dead-letter queue")?
+        .await
+        .context("no confirm for a dead-lettered bounce")?;
+    match confirmation {
+        Confirmation::Ack(None) => {}
+        Confirmation::Ack(Some(_)) => {
+            bail!("the broker returned a dead-lettered bounce: no queue {BOUNCE_DEAD_LETTER_QUEUE}")
+        }
+        Confirmation::Nack(_) => bail!("the broker refused a dead-lettered bounce"),
+        Confirmation::NotRequested => bail!("publisher confirms are off on the bounce channel"),
+    }
+    metrics::counter!(DEAD_LETTERED, "reason" => kind).increment(1);
+    tracing::warn!(%reason, queue = BOUNCE_DEAD_LETTER_QUEUE, "poison bounce event dead-lettered");
+    Ok(())
+}
+
+async fn relink_for_ever(store: &BounceStore, shutdown: &CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RELINK_EVERY) => {}
+        }
+        let since = chrono::Utc::now() - RELINK_WINDOW;
+        match store.relink(since).await {
+            Ok(counts) => {
+                failing = false;
+                for (link, n) in Link::ALL.into_iter().zip(counts) {
+                    if n > 0 {
+                        metrics::counter!(LINKED, "link" => link.as_str(), "when" => "later")
+                            .increment(n);
+                        tracing::info!(
+                            link = link.as_str(),
+                            bounces = n,
+                            "bounces linked to their messages"
+                        );
+                    }
+                }
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "cannot relink bounces; trying again every few seconds");
+            }
+            Err(error) => tracing::debug!(%error, "cannot relink bounces"),
+        }
+    }
+}

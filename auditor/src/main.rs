@@ -1,0 +1,209 @@
+//! `auditor [--config FILE] [--log-level LEVEL] [migrate|run|dead-letters ...]`: parses the
+//! command line, loads the configuration, starts logging and metrics, and calls the library.
+//! Nothing else.
+//!
+//! Exit codes: 0 after a clean shutdown or migration, 1 on a failure, 2 on a bad command line
+//! or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wire::config::Config;
+
+/// Stores cluegetter's audit events in the MySQL/MariaDB archive.
+#[derive(Debug, Parser)]
+#[command(name = "auditor", version, about)]
+struct Cli {
+    /// The configuration file (defaults apply without one).
+    #[arg(long, env = "CLUEGETTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter; `RUST_LOG` wins when set.
+    #[arg(
+        long,
+        env = "CLUEGETTER_LOG_LEVEL",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum Command {
+    /// Create the database if missing, apply the schema migrations, and exit.
+    Migrate,
+    /// Migrate, then consume audit events until SIGTERM or SIGINT (the default).
+    Run,
+    /// The events that could not be stored (queue `cluegetter.audit.dead-letter`).
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum DeadLetters {
+    /// Print how many events are dead-lettered.
+    Count,
+    /// Print the first dead-lettered events with their reasons (they stay in the queue).
+    Show {
+        /// How many to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Move dead-lettered events back to the archive queue, once the cause is fixed; prints
+    /// how many were moved. Events dead-lettered again meanwhile are not taken again.
+    Replay {
+        /// Move at most this many (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match wire::config::load(cli.config.as_deref(), wire::config::env_overrides()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("auditor: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = wire::telemetry::init_logging(&cli.log_level) {
+        eprintln!("auditor: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("auditor: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    match runtime.block_on(run(command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // logging goes to stderr, so this is the one line an operator sees
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    if let Command::DeadLetters(action) = command {
+        return dead_letters(action, &config).await;
+    }
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result = async {
+        if matches!(command, Command::Run) {
+            wire::telemetry::serve_metrics(config.auditor.metrics_listen)
+                .map_err(anyhow::Error::msg)?;
+        }
+        if !migrate_with_retry(&config, &shutdown).await? {
+            return Ok(());
+        }
+        match command {
+            Command::Run => auditor::run(config, shutdown.clone()).await,
+            Command::Migrate | Command::DeadLetters(_) => Ok(()),
+        }
+    }
+    .await;
+    signals.abort();
+    result
+}
+
+async fn dead_letters(action: DeadLetters, config: &Config) -> anyhow::Result<()> {
+    let url = &config.broker.url;
+    match action {
+        DeadLetters::Count => println!("{}", auditor::dead_letters::count(url).await?),
+        DeadLetters::Show { limit } => {
+            let (total, shown) = auditor::dead_letters::show(url, limit).await?;
+            println!(
+                "{total} dead-lettered event(s){}",
+                if shown.len() < total as usize {
+                    format!(", the first {}:", shown.len())
+                } else {
+                    String::new()
+                }
+            );
+            for letter in shown {
+                println!(
+                    "{}  queue id {}  {} bytes  replayed {} time(s)\n    {}",
+                    letter.message_id, letter.queue_id, letter.bytes, letter.replays, letter.reason
+                );
+            }
+        }
+        DeadLetters::Replay { limit } => {
+            let moved = auditor::dead_letters::replay(url, limit).await?;
+            println!(
+                "{moved} event(s) moved back to {}",
+                wire::broker::AUDIT_QUEUE
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Applies the migrations, retrying with backoff while the database is unreachable. Returns
+/// false when shutdown came first.
+async fn migrate_with_retry(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+    let mut delay = Duration::from_millis(500);
+    let max = config.broker.reconnect_max_backoff.max(delay);
+    loop {
+        match auditor::migrate(&config.database.url).await {
+            Ok(()) => return Ok(true),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    retry_in = ?delay,
+                    "cannot migrate the database yet; retrying"
+                );
+            }
+            Err(error) => return Err(error).context("cannot bring the database schema up to date"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(max);
+    }
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut terminate), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop the auditor with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("shutting down: finishing the batch in hand (signal again to stop at once)");
+        shutdown.cancel();
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now; unacked events will be redelivered");
+        std::process::exit(130);
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            shutdown.cancel();
+        }
+    }
+}

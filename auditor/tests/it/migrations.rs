@@ -1,0 +1,140 @@
+//! `auditor::migrate`: creates, applies once, refuses a newer schema.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use auditor::MigrateError;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{AssertSqlSafe, MySqlPool};
+use test_support::TestDb;
+
+async fn tables(pool: &MySqlPool) -> Vec<String> {
+    let mut names: Vec<String> = sqlx::query_scalar(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_a_second_run_is_a_no_op() {
+    test_support::init_test_logging();
+    // named like test-support's databases, so a failed run is swept later
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let name = format!("cgt_{secs}_{}", &random[20..]);
+    let url = format!("mysql://root@127.0.0.1:3306/{name}");
+
+    auditor::migrate(&url).await.unwrap();
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let after_first = tables(&pool).await;
+    // other processes' migrations (quotas, ...) add their tables beside the archive's
+    for archive_table in [
+        "_sqlx_migrations",
+        "cluegetter_client",
+        "instance",
+        "message",
+        "message_body",
+        "message_header",
+        "message_recipient",
+        "message_result",
+        "recipient",
+        "session",
+    ] {
+        assert!(
+            after_first.iter().any(|t| t == archive_table),
+            "{archive_table}: {after_first:?}"
+        );
+    }
+    let seed: (u64, String, String) = sqlx::query_as("SELECT id, name, description FROM instance")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seed, (1, "default".into(), "The Default Instance".into()));
+    let applied_first: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let known: Vec<(i64, bool)> = auditor::migrate::MIGRATOR
+        .iter()
+        .map(|m| (m.version, true))
+        .collect();
+    assert_eq!(
+        applied_first, known,
+        "every migration of schema/ applied once"
+    );
+    assert_eq!(applied_first[0].0, 1, "0001_archive comes first");
+
+    auditor::migrate(&url).await.unwrap();
+    assert_eq!(tables(&pool).await, after_first);
+    let applied_second: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(applied_second, applied_first);
+    let instances: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instance")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(instances, 1, "the seed row is not inserted twice");
+
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_with_a_migration_newer_than_this_build_is_refused() {
+    test_support::init_test_logging();
+    let db = TestDb::empty().await.unwrap();
+    auditor::migrate(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let error = auditor::migrate(&db.url).await.unwrap_err();
+    let latest = auditor::migrate::latest_known();
+    assert!(
+        matches!(error, MigrateError::SchemaNewer { found: 9999, known } if known == latest),
+        "{error:?}"
+    );
+    assert!(!error.is_transient());
+    assert!(
+        error.to_string().contains("newer than this auditor knows"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_test_support_is_up_to_date_for_the_auditor() {
+    let db = TestDb::migrated().await.unwrap();
+    auditor::migrate(&db.url).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_transient_error() {
+    let error = auditor::migrate("mysql://root@127.0.0.1:1/cluegetter")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, MigrateError::Unreachable { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_transient());
+}

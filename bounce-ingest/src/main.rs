@@ -1,0 +1,160 @@
+//! `bounce-ingest [--config FILE] [--log-level LEVEL] [run | submit [--via HOST:PORT]]`: parses
+//! the command line, loads the configuration, starts logging (and metrics for `run`), and calls
+//! the library. Nothing else.
+//!
+//! Exit codes. `run`: 0 after a clean shutdown, 1 on a failure, 2 on a bad command line or
+//! configuration. `submit`: 0 once the report is safe; 75 (EX_TEMPFAIL: Postfix keeps the report
+//! and retries) on any failure, a bad configuration or command line included, since a report
+//! bounced back to MAILER-DAEMON is lost; 66 (EX_NOINPUT) when stdin was empty.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use bounce_ingest::submit::{EX_TEMPFAIL, Submitted};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wire::config::Config;
+
+/// Receives Postfix's delivery reports (bounces, delay warnings) for cluegetter.
+#[derive(Debug, Parser)]
+#[command(name = "bounce-ingest", version, about)]
+struct Cli {
+    /// Configuration file (TOML); without one, the defaults (see cluegetter.example.toml).
+    #[arg(long, env = "CLUEGETTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log level or tracing filter (RUST_LOG wins when set); logs go to stderr.
+    #[arg(
+        long,
+        env = "CLUEGETTER_LOG_LEVEL",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum Command {
+    /// Serve the TCP listener and publish what it receives (the default).
+    Run,
+    /// Read one report on stdin and hand it on (a Postfix alias pipe); exit 0 only when it is
+    /// safe, 75 otherwise so that Postfix retries.
+    Submit {
+        /// Hand the report to a running listener instead of RabbitMQ (no broker credentials
+        /// needed where the pipe runs).
+        #[arg(long, value_name = "HOST:PORT")]
+        via: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            let submitting = std::env::args_os().any(|a| a == "submit");
+            if submitting
+                && !matches!(
+                    error.kind(),
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                )
+            {
+                // a report must not be bounced for a typo in the alias: keep it queued
+                let _ = error.print();
+                return ExitCode::from(EX_TEMPFAIL);
+            }
+            error.exit();
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    let config_error = match command {
+        Command::Run => ExitCode::from(2),
+        Command::Submit { .. } => ExitCode::from(EX_TEMPFAIL),
+    };
+    let config = match wire::config::load(cli.config.as_deref(), wire::config::env_overrides()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("bounce-ingest: {error}");
+            return config_error;
+        }
+    };
+    if let Err(error) = wire::telemetry::init_logging(&cli.log_level) {
+        eprintln!("bounce-ingest: {error}");
+        return config_error;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bounce-ingest: cannot start the runtime: {error}");
+            return match command {
+                Command::Run => ExitCode::FAILURE,
+                Command::Submit { .. } => ExitCode::from(EX_TEMPFAIL),
+            };
+        }
+    };
+    match command {
+        Command::Run => match runtime.block_on(serve(config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!("{error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Submit { via } => runtime.block_on(submit(config, via)),
+    }
+}
+
+async fn submit(config: Config, via: Option<SocketAddr>) -> ExitCode {
+    let mut stdin = tokio::io::stdin();
+    match bounce_ingest::submit::submit(&config, &mut stdin, via).await {
+        Ok(Submitted::Published(bounce_id)) => {
+            tracing::info!(%bounce_id, "delivery report handed to RabbitMQ");
+            ExitCode::SUCCESS
+        }
+        Ok(Submitted::Spooled(answer)) => {
+            tracing::info!(%answer, "delivery report handed to the listener");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let code = error.exit_code();
+            tracing::error!(
+                exit = code,
+                "delivery report not handed on: {:#}",
+                anyhow::Error::new(error)
+            );
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    wire::telemetry::serve_metrics(config.bounce_ingest.metrics_listen)
+        .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.bounce_ingest.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bounce_ingest.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    bounce_ingest::run(config, listener, shutdown).await
+}
+
+/// SIGTERM or SIGINT: stop taking connections, finish the reports being read.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: finishing the reports being read"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the reports being read"),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops bounce-ingest");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,220 @@
+//! Bounce events to RabbitMQ: persistent, `mandatory`, with publisher confirms, on the bounce
+//! exchange (declared here too, so nothing published before the auditor's first start is
+//! dropped as unroutable).
+//!
+//! [`publish`] is one confirmed publish (what `submit` does before it exits 0).
+//! [`SpoolPublisher`] is the listener's background task: it publishes the spooled events in
+//! order, retrying each until it is confirmed, reconnecting as needed, and removes an event
+//! from the spool only then; what the spool holds is what RabbitMQ has not confirmed.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::BounceEvent;
+use wire::broker;
+use wire::config::Config;
+
+use crate::metrics;
+use crate::spool::{Spool, SpoolEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ refused (nacked) the bounce event")]
+    Nacked,
+    #[error("RabbitMQ returned the bounce event as unroutable (no queue bound to {exchange})")]
+    Unroutable { exchange: &'static str },
+    #[error("publisher confirms are off on this channel")]
+    NoConfirm,
+}
+
+/// A channel with the bounce topology declared and publisher confirms on.
+///
+/// # Errors
+/// The channel cannot be opened or the broker refuses a declaration.
+pub async fn open_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    broker::declare_bounce_topology(&channel).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Publishes one event and waits for RabbitMQ's confirm.
+///
+/// # Errors
+/// Anything short of an ack for a routed message.
+pub async fn publish(channel: &Channel, event: &BounceEvent) -> Result<(), PublishError> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.bounce_id.to_string().into());
+    let confirmation = channel
+        .basic_publish(
+            broker::BOUNCE_EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &wire::contract::encode(event),
+            properties,
+        )
+        .await?
+        .await?;
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+            exchange: broker::BOUNCE_EXCHANGE,
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::NotRequested => Err(PublishError::NoConfirm),
+    }
+}
+
+/// The handle the listener queues spooled events on. Dropping every handle lets the task
+/// publish what is queued and end.
+#[derive(Clone)]
+pub struct SpoolPublisher {
+    queue: mpsc::UnboundedSender<SpoolEntry>,
+}
+
+impl SpoolPublisher {
+    /// Starts publishing, beginning with `replay` (what an earlier run left in the spool).
+    /// The task ends when every handle is dropped and the queue is empty, or when `stop`
+    /// fires (what is left stays in the spool for the next start).
+    pub fn start(
+        config: &Config,
+        spool: Spool,
+        replay: Vec<SpoolEntry>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        if !replay.is_empty() {
+            tracing::info!(
+                events = replay.len(),
+                "publishing bounce events left in the spool"
+            );
+        }
+        let (queue, receiver) = mpsc::unbounded_channel();
+        tracker.spawn(publish_loop(
+            config.broker.url.clone(),
+            config.broker.reconnect_max_backoff,
+            spool,
+            replay.into(),
+            receiver,
+            stop,
+        ));
+        Self { queue }
+    }
+
+    /// Queues a spooled event for publishing.
+    pub fn enqueue(&self, entry: SpoolEntry) {
+        // The task only ends before every handle is dropped on `stop`; then the event stays
+        // in the spool and is published on the next start.
+        let _ = self.queue.send(entry);
+    }
+}
+
+async fn connect(
+    url: &str,
+    max_backoff: Duration,
+    stop: &CancellationToken,
+) -> Option<(Connection, Channel)> {
+    loop {
+        let connection =
+            broker::connect_with_backoff(url, "bounce-ingest", max_backoff, stop).await?;
+        match open_channel(&connection).await {
+            Ok(channel) => return Some((connection, channel)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot set up the bounce channel; retrying");
+                let _ = connection.close(320, "retrying".into()).await;
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+async fn publish_loop(
+    url: String,
+    max_backoff: Duration,
+    spool: Spool,
+    mut pending: VecDeque<SpoolEntry>,
+    mut queue: mpsc::UnboundedReceiver<SpoolEntry>,
+    stop: CancellationToken,
+) {
+    let mut link: Option<(Connection, Channel)> = None;
+    let mut delay = Duration::from_millis(100);
+    'events: loop {
+        let entry = match pending.pop_front() {
+            Some(entry) => entry,
+            None => tokio::select! {
+                next = queue.recv() => match next {
+                    Some(entry) => entry,
+                    None => break 'events,
+                },
+                () = stop.cancelled() => break 'events,
+            },
+        };
+        let loader = spool.clone();
+        let load_entry = entry.clone();
+        let Some(Some(event)) = blocking(move || loader.load(&load_entry)).await else {
+            continue;
+        };
+        loop {
+            if link.is_none() {
+                link = connect(&url, max_backoff, &stop).await;
+            }
+            let Some((_, channel)) = link.as_ref() else {
+                break 'events;
+            };
+            match publish(channel, &event).await {
+                Ok(()) => {
+                    ::metrics::counter!(metrics::PUBLISHED).increment(1);
+                    tracing::debug!(bounce_id = %event.bounce_id, "bounce event confirmed");
+                    let remover = spool.clone();
+                    blocking(move || remover.remove(&entry)).await;
+                    delay = Duration::from_millis(100);
+                    break;
+                }
+                Err(error) => {
+                    ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
+                    tracing::warn!(bounce_id = %event.bounce_id, %error, retry_in = ?delay,
+                        "bounce event not confirmed; retrying");
+                    if let Some((connection, _)) = link.take() {
+                        let _ = connection.close(320, "reconnecting".into()).await;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break 'events,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
+                }
+            }
+        }
+    }
+    let left = pending.len() + queue.len();
+    if left > 0 || stop.is_cancelled() {
+        tracing::info!(
+            waiting = left,
+            "bounce publisher stopped; spooled events are published on the next start"
+        );
+    }
+    if let Some((connection, _)) = link {
+        let _ = connection.close(200, "shutting down".into()).await;
+    }
+}

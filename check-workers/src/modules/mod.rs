@@ -1,0 +1,76 @@
+//! The check modules, one file each. This is the only place that knows the whole set: it maps
+//! a module name from the configuration to a ready [`Module`].
+
+use std::sync::Arc;
+
+use wire::config::Config;
+
+use crate::module::{Module, ModuleError};
+
+pub mod clamav;
+pub mod greylisting;
+pub mod quotas;
+pub mod rspamd;
+pub mod spamassassin;
+
+/// Builds the module `name` from its configuration section.
+///
+/// # Errors
+/// `name` is not a module this build has, or its client cannot be set up.
+pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Module>, BuildError> {
+    match name {
+        quotas::NAME => Ok(Arc::new(quotas::Quotas::new(config).map_err(|source| {
+            BuildError::Client {
+                module: quotas::NAME,
+                source,
+            }
+        })?)),
+        rspamd::NAME => Ok(Arc::new(rspamd::Rspamd::new(&config.rspamd).map_err(
+            |source| BuildError::Client {
+                module: rspamd::NAME,
+                source,
+            },
+        )?)),
+        spamassassin::NAME => Ok(Arc::new(spamassassin::SpamAssassin::new(
+            &config.spamassassin,
+        ))),
+        clamav::NAME => Ok(Arc::new(clamav::Clamav::new(&config.clamav))),
+        greylisting::NAME => Ok(Arc::new(greylisting::Greylisting::new(config).map_err(
+            |source| BuildError::Client {
+                module: greylisting::NAME,
+                source,
+            },
+        )?)),
+        other => Err(BuildError::Unknown(other.to_owned())),
+    }
+}
+
+/// A module that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("check-workers has no module `{0}`")]
+    Unknown(String),
+    #[error("cannot set up module `{module}`")]
+    Client {
+        module: &'static str,
+        #[source]
+        source: ModuleError,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::config::KNOWN_MODULES;
+
+    #[test]
+    fn every_known_module_can_be_built() {
+        let config = Config::default();
+        for name in KNOWN_MODULES {
+            match build(name, &config) {
+                Ok(module) => assert_eq!(module.name(), *name),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+    }
+}

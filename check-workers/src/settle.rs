@@ -1,0 +1,290 @@
+//! The quotas settle consumer: every audit event, through the durable queue
+//! `cluegetter.quotas.settle` bound to the audit fanout, keeps or releases the reservations its
+//! message made (DESIGN.md, durability invariant 3; the database side is
+//! [`Settler`](crate::modules::quotas::Settler)).
+//!
+//! Runs in every check-workers process that serves the quotas module (competing consumers;
+//! settling is idempotent, so a redelivered event changes nothing). An event is acked only
+//! after its settlement is committed; while the database is down the event is kept and retried
+//! with backoff (the queue holds the rest), and on shutdown it is left unacked for redelivery.
+//! An event that cannot be read is logged and dropped: the auditor dead-letters its own copy.
+//!
+//! The queue exists once a quotas worker has started, so every event of a message that a quota
+//! check reserved for is in it. An operator who turns quotas off for good deletes the queue
+//! (`rabbitmqctl delete_queue cluegetter.quotas.settle`), or it keeps collecting events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ExchangeKind, message::Delivery};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use wire::AuditEvent;
+use wire::broker;
+
+use crate::module::error_chain;
+use crate::modules::quotas::Settler;
+
+/// The durable queue of audit events the quotas module settles from.
+pub const SETTLE_QUEUE: &str = "cluegetter.quotas.settle";
+
+/// Events settled (`outcome`: `kept`, `released`, `nothing` when the message reserved nothing,
+/// `unreadable`).
+pub const METRIC_SETTLED: &str = "cluegetter_quota_settled_total";
+/// Settle attempts the database failed.
+pub const METRIC_SETTLE_ERRORS: &str = "cluegetter_quota_settle_errors_total";
+
+/// Events handled at once per process.
+const PREFETCH: u16 = 32;
+/// How long shutdown waits for settlements in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_DB_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// How the consumer talks to the broker.
+#[derive(Clone, Debug)]
+pub struct SettleSettings {
+    pub broker_url: String,
+    pub connection_name: String,
+    pub reconnect_max_backoff: Duration,
+}
+
+/// Declares the audit exchange (as the gateway and auditor do) and the settle queue bound to
+/// it.
+///
+/// # Errors
+/// The channel failed or the broker refused a declaration.
+pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            broker::AUDIT_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            SETTLE_QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            SETTLE_QUEUE.into(),
+            broker::AUDIT_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+pub fn describe_metrics() {
+    metrics::describe_counter!(METRIC_SETTLED, "Audit events settled, by outcome");
+    metrics::describe_counter!(
+        METRIC_SETTLE_ERRORS,
+        "Settle attempts that failed in the database (retried)"
+    );
+}
+
+/// Consumes the settle queue until `shutdown`, reconnecting whenever the broker goes away, and
+/// prunes old remembered verdicts every few minutes. Cancels `ready` once the queue is declared.
+pub async fn serve(
+    settings: &SettleSettings,
+    settler: &Settler,
+    ready: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
+    describe_metrics();
+    let settler = Arc::new(settler.clone());
+    let mut retry_delay = MIN_RETRY_DELAY;
+    loop {
+        let connecting = broker::connect_with_backoff(
+            &settings.broker_url,
+            &settings.connection_name,
+            settings.reconnect_max_backoff,
+            shutdown,
+        );
+        let connection = tokio::select! {
+            () = shutdown.cancelled() => None,
+            connection = connecting => connection,
+        };
+        let Some(connection) = connection else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let outcome = session(&connection, &settler, ready, shutdown).await;
+        let _ = connection.close(200, "check-workers done".into()).await;
+        match outcome {
+            Ok(()) => return,
+            Err(error) => {
+                if started.elapsed() >= settings.reconnect_max_backoff {
+                    retry_delay = MIN_RETRY_DELAY;
+                }
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    retry_in = ?retry_delay,
+                    "lost the settle queue's broker session; reconnecting"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(retry_delay) => {}
+                }
+                retry_delay =
+                    (retry_delay * 2).min(settings.reconnect_max_backoff.max(MIN_RETRY_DELAY));
+            }
+        }
+    }
+}
+
+/// Why a settle session ended other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("settle queue {SETTLE_QUEUE}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer on {SETTLE_QUEUE} (queue deleted?)")]
+    Cancelled,
+}
+
+/// One connection's life: consume until shutdown (`Ok`) or the first broker failure.
+async fn session(
+    connection: &Connection,
+    settler: &Arc<Settler>,
+    ready: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    declare_topology(&channel).await?;
+    ready.cancel();
+    let mut consumer = channel
+        .basic_consume(
+            SETTLE_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = SETTLE_QUEUE, "settling quota reservations");
+    // Fires when the settlements in flight are to give up (session over); each holds a clone.
+    let abandon = CancellationToken::new();
+    let in_flight = TaskTracker::new();
+    let mut prune = tokio::time::interval(settler.prune_interval());
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        let delivery = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            _ = prune.tick() => {
+                let settler = Arc::clone(settler);
+                in_flight.spawn(async move {
+                    match settler.prune().await {
+                        Ok(0) => {}
+                        Ok(pruned) => tracing::debug!(pruned, "pruned remembered quota verdicts"),
+                        Err(error) => tracing::warn!(error = %error_chain(&error), "cannot prune remembered quota verdicts"),
+                    }
+                });
+                continue;
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => break Err(SessionError::Broker(error)),
+                None => break Err(SessionError::Cancelled),
+            },
+        };
+        in_flight.spawn(handle(Arc::clone(settler), delivery, abandon.clone()));
+    };
+    in_flight.close();
+    if outcome.is_ok()
+        && tokio::time::timeout(DRAIN_TIMEOUT, in_flight.wait())
+            .await
+            .is_err()
+    {
+        tracing::warn!("settlements still running after the drain time; they will be redelivered");
+    }
+    abandon.cancel();
+    in_flight.wait().await;
+    if outcome.is_ok()
+        && let Err(error) = channel
+            .close(200, "check-workers shutting down".into())
+            .await
+    {
+        tracing::debug!(%error, "cannot close the settle channel");
+    }
+    outcome
+}
+
+/// One event, start to ack: retried while the database fails, until it works or the session
+/// ends (then the event stays unacked and comes back).
+async fn handle(settler: Arc<Settler>, delivery: Delivery, abandon: CancellationToken) {
+    let event: AuditEvent = match wire::contract::decode(&delivery.data) {
+        Ok(event) => event,
+        Err(error) => {
+            metrics::counter!(METRIC_SETTLED, "outcome" => "unreadable").increment(1);
+            tracing::warn!(
+                error = %error_chain(&error),
+                bytes = delivery.data.len(),
+                "dropping an audit event the settle queue cannot read (the auditor dead-letters its copy)"
+            );
+            if let Err(error) = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+            {
+                tracing::debug!(%error, "cannot reject the event");
+            }
+            return;
+        }
+    };
+    let span = tracing::info_span!("settle", message_id = %event.message_id, queue_id = %event.message.queue_id);
+    async move {
+        let mut delay = MIN_RETRY_DELAY;
+        loop {
+            match settler.settle(&event).await {
+                Ok(settled) => {
+                    let outcome = match (settled.rows, settled.counted) {
+                        (0, _) => "nothing",
+                        (_, true) => "kept",
+                        (_, false) => "released",
+                    };
+                    metrics::counter!(METRIC_SETTLED, "outcome" => outcome).increment(1);
+                    tracing::debug!(rows = settled.rows, counted = settled.counted, "quota reservations settled");
+                    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                        // Redelivered and settled again, which changes nothing.
+                        tracing::warn!(%error, "cannot ack the settled event");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    metrics::counter!(METRIC_SETTLE_ERRORS).increment(1);
+                    tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "cannot settle quota reservations; retrying");
+                    tokio::select! {
+                        () = abandon.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_DB_RETRY_DELAY);
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,298 @@
+//! Audit events: spooled before the answer, published persistent with publisher confirms,
+//! removed from the spool only once confirmed, replayed on start (DESIGN.md, invariant 1).
+//!
+//! The connection calls [`AuditPublisher::spool`] before it answers Postfix and
+//! [`AuditPublisher::publish`] after; neither waits on the broker. A background task publishes
+//! in order and retries each event until RabbitMQ confirms it, reconnecting as needed, so
+//! what the spool holds is exactly what the broker has not confirmed yet.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::AuditEvent;
+use wire::broker;
+use wire::config::Config;
+
+use crate::spool::{Replayed, Spool, SpoolEntry, SpoolError};
+
+/// Events kept in memory while they wait; beyond this the spool file is read back instead.
+const IN_MEMORY: usize = 1000;
+
+/// One event waiting for its confirm.
+struct Waiting {
+    /// `None` when the spool refused it (full or broken disk): published from memory only.
+    entry: Option<SpoolEntry>,
+    /// `None` when the spool file holds it and memory should not.
+    event: Option<AuditEvent>,
+    answered: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Mutex<VecDeque<Waiting>>,
+    more: Notify,
+}
+
+#[derive(Clone)]
+pub struct AuditPublisher {
+    spool: Spool,
+    queue: Arc<Queue>,
+}
+
+impl AuditPublisher {
+    /// Starts publishing, beginning with what an earlier run left in the spool.
+    pub fn start(
+        config: &Config,
+        spool: Spool,
+        replay: Vec<Replayed>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let queue = Arc::new(Queue::default());
+        if !replay.is_empty() {
+            tracing::info!(
+                events = replay.len(),
+                "replaying audit events left in the spool"
+            );
+            metrics::counter!("cluegetter_gateway_audit_replayed_total")
+                .increment(replay.len() as u64);
+        }
+        if let Ok(mut items) = queue.items.lock() {
+            for r in replay {
+                let keep = items.len() < IN_MEMORY;
+                items.push_back(Waiting {
+                    answered: r.event.answered,
+                    entry: Some(r.entry),
+                    event: keep.then_some(r.event),
+                });
+            }
+        }
+        tracker.spawn(publish_loop(
+            config.broker.url.clone(),
+            config.broker.reconnect_max_backoff,
+            spool.clone(),
+            queue.clone(),
+            shutdown,
+        ));
+        Self { spool, queue }
+    }
+
+    /// Puts the event on disk; call before answering the MTA. The file I/O runs on the
+    /// blocking pool, not on the connection's worker thread.
+    ///
+    /// # Errors
+    /// The spool is full or the disk failed: the caller applies the fail action (and still
+    /// calls [`AuditPublisher::publish`] with `None`, so the record is at least attempted).
+    pub async fn spool(&self, event: &AuditEvent) -> Result<SpoolEntry, SpoolError> {
+        let spool = self.spool.clone();
+        let id = event.message_id;
+        let json = wire::contract::encode(event);
+        match tokio::task::spawn_blocking(move || spool.write_encoded(id, &json)).await {
+            Ok(written) => written,
+            Err(join) => Err(SpoolError::Io {
+                dir: String::new(),
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    /// Queues the event for publishing; `answered` says whether the MTA got the final reply.
+    pub fn publish(&self, entry: Option<SpoolEntry>, mut event: AuditEvent, answered: bool) {
+        event.answered = answered;
+        if answered && let Some(entry) = &entry {
+            self.spool.mark_answered(entry);
+        }
+        if let Ok(mut items) = self.queue.items.lock() {
+            let keep = entry.is_none() || items.len() < IN_MEMORY;
+            items.push_back(Waiting {
+                entry,
+                event: keep.then_some(event),
+                answered,
+            });
+            metrics::gauge!("cluegetter_gateway_audit_queue_depth").set(items.len() as f64);
+        }
+        self.queue.more.notify_one();
+    }
+}
+
+async fn connect_channel(
+    url: &str,
+    max_backoff: Duration,
+    stop: &CancellationToken,
+) -> Option<(lapin::Connection, Channel)> {
+    loop {
+        let connection =
+            broker::connect_with_backoff(url, "milter-gateway audit", max_backoff, stop).await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            broker::declare_audit_topology(&channel).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        match setup.await {
+            Ok(channel) => return Some((connection, channel)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot set up the audit channel; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn properties(event: &AuditEvent) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.message_id.to_string().into())
+}
+
+/// Publishes the events in one window: all published first, then the confirms awaited in
+/// order (serial confirms of persistent messages top out near 2,000/s). Returns how many of
+/// the first events were confirmed; the caller retries the rest on a new channel.
+async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Option<String>) {
+    let mut pending = Vec::with_capacity(events.len());
+    let mut error = None;
+    for event in events {
+        match channel
+            .basic_publish(
+                broker::AUDIT_EXCHANGE.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &wire::contract::encode(event),
+                properties(event),
+            )
+            .await
+        {
+            Ok(confirm) => pending.push(confirm),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let mut confirmed = 0;
+    for confirm in pending {
+        match confirm.await {
+            Ok(c) if c.is_ack() => confirmed += 1,
+            Ok(_) => {
+                error = Some("the broker refused (nacked) the event".to_owned());
+                break;
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    (confirmed, error)
+}
+
+/// The event to publish: from memory, or read back from the spool.
+fn load(spool: &Spool, waiting: &Waiting) -> Option<AuditEvent> {
+    if let Some(event) = &waiting.event {
+        return Some(event.clone());
+    }
+    let entry = waiting.entry.as_ref()?;
+    match spool.load(entry) {
+        Ok(mut event) => {
+            event.answered = waiting.answered;
+            Some(event)
+        }
+        Err(error) => {
+            tracing::error!(message_id = %entry.message_id, %error, "spooled audit event cannot be read back");
+            None
+        }
+    }
+}
+
+/// Events published before their confirms are awaited.
+const WINDOW: usize = 256;
+
+async fn publish_loop(
+    url: String,
+    max_backoff: Duration,
+    spool: Spool,
+    queue: Arc<Queue>,
+    shutdown: CancellationToken,
+) {
+    let mut link: Option<(lapin::Connection, Channel)> = None;
+    loop {
+        let batch: Vec<Waiting> = queue
+            .items
+            .lock()
+            .map(|mut q| {
+                let n = q.len().min(WINDOW);
+                q.drain(..n).collect()
+            })
+            .unwrap_or_default();
+        if batch.is_empty() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = queue.more.notified() => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        let mut batch: Vec<(Waiting, AuditEvent)> = batch
+            .into_iter()
+            .filter_map(|w| load(&spool, &w).map(|event| (w, event)))
+            .collect();
+        while !batch.is_empty() {
+            if link.is_none() {
+                link = connect_channel(&url, max_backoff, &shutdown).await;
+            }
+            let Some((_, channel)) = link.as_ref() else {
+                // Shutting down without a broker: the spool keeps the events for the next start.
+                let left = queue.items.lock().map(|q| q.len()).unwrap_or(0) + batch.len();
+                tracing::warn!(
+                    events = left,
+                    "stopping with audit events in the spool; they are replayed on the next start"
+                );
+                return;
+            };
+            let events: Vec<AuditEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+            let (confirmed, error) = publish_window(channel, &events).await;
+            for (waiting, _) in batch.drain(..confirmed) {
+                if let Some(entry) = &waiting.entry {
+                    spool.remove(entry);
+                }
+            }
+            metrics::counter!("cluegetter_gateway_audit_confirmed_total")
+                .increment(confirmed as u64);
+            if let Some(error) = error {
+                // The unconfirmed ones are published again on a new channel; one the broker
+                // did take after all arrives twice, which the auditor ignores (idempotent).
+                tracing::warn!(%error, unconfirmed = batch.len(), "audit events not confirmed; retrying");
+                metrics::counter!("cluegetter_gateway_audit_publish_retries_total").increment(1);
+                if let Some((connection, _)) = link.take() {
+                    let _ = connection.close(320, "reconnecting".into()).await;
+                }
+                if shutdown.is_cancelled() {
+                    tracing::warn!(
+                        "stopping with audit events in the spool; they are replayed on the next start"
+                    );
+                    return;
+                }
+            }
+        }
+        if let Ok(q) = queue.items.lock() {
+            metrics::gauge!("cluegetter_gateway_audit_queue_depth").set(q.len() as f64);
+        }
+    }
+    if let Some((connection, _)) = link {
+        let _ = connection.close(200, "shutting down".into()).await;
+    }
+}

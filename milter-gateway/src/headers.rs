@@ -1,0 +1,361 @@
+//! The changes made to a message at end of message (spec/overview.md §4.6), as milter
+//! modifications: `add-header` lines (with `[U]`), modules' header and envelope changes, the
+//! missing Message-ID, and the cluegetter id header.
+//!
+//! Pure: [`modifications`] turns the message, the configuration, the verdict's variables and
+//! the module results into the list of [`Response`]s to send before the final reply.
+
+use std::collections::BTreeSet;
+
+use wire::CheckResult;
+use wire::config::Config;
+
+use crate::milter::Response;
+use crate::session::FinishedMessage;
+use crate::verdict::{self, Vars};
+
+/// Header values we send: no CR, LF or NUL (Postfix would refuse or split them), and
+/// whitespace runs collapsed so folding cannot be injected.
+fn clean_value(value: &str) -> String {
+    value
+        .split(|c: char| c.is_whitespace() || c == '\0' || c.is_control())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+}
+
+/// Deletes every occurrence of `name` in `message`'s headers: one SMFIR_CHGHEADER with an
+/// empty value per occurrence, highest index first, so that whatever the MTA does with the
+/// indexes of later headers, each deletion names the header it means (spec gap C.21).
+fn delete_all(message: &FinishedMessage, name: &str, out: &mut Vec<Response>) {
+    let count = message
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .count();
+    for index in (1..=count).rev() {
+        out.push(Response::ChangeHeader {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            name: name.to_owned(),
+            value: String::new(),
+        });
+    }
+}
+
+/// The generated Message-ID: `<unixtime.queueid.cluegetter@host>`, host being the MTA's name
+/// (Postfix's `j`) or, when Postfix did not send it, this machine's (ClueGetter's inverted
+/// condition left it empty, spec gap C.22).
+pub fn generated_message_id(message: &FinishedMessage) -> String {
+    let host = if message.session.mta_hostname.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned())
+    } else {
+        message.session.mta_hostname.clone()
+    };
+    let queue_id = if message.queue_id.is_empty() {
+        message.id.to_string()
+    } else {
+        message.queue_id.clone()
+    };
+    format!(
+        "<{}.{}.cluegetter@{}>",
+        message.received_at.timestamp(),
+        queue_id,
+        host
+    )
+}
+
+/// The modifications to send, in order: deletions, then additions, then envelope changes.
+/// `inserted_message_id` is the Message-ID to add when the message has none (see
+/// [`generated_message_id`]); `None` when none is to be added.
+pub fn modifications(
+    config: &Config,
+    message: &FinishedMessage,
+    results: &[CheckResult],
+    vars: &Vars<'_>,
+    inserted_message_id: Option<&str>,
+) -> Vec<Response> {
+    let mut out = Vec::new();
+
+    // 1. deletions: [U] lines and modules' remove_headers, each name once
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let unique_names = config
+        .add_header
+        .iter()
+        .filter(|h| h.unique)
+        .map(|h| h.name.clone());
+    let module_removals = results
+        .iter()
+        .flat_map(|r| r.changes.remove_headers.iter().cloned());
+    for name in unique_names.chain(module_removals) {
+        if valid_name(&name) && deleted.insert(name.to_ascii_lowercase()) {
+            delete_all(message, &name, &mut out);
+        }
+    }
+
+    // 2. additions: configured lines (once per recipient with %{recipient}), module headers,
+    //    the Message-ID, the cluegetter id
+    let add = |name: &str, value: String, out: &mut Vec<Response>| {
+        let value = clean_value(&value);
+        if valid_name(name) && !value.is_empty() {
+            out.push(Response::AddHeader {
+                name: name.to_owned(),
+                value,
+            });
+        }
+    };
+    for line in &config.add_header {
+        if line.template.contains("%{recipient}") {
+            for recipient in &message.recipients {
+                let value = verdict::substitute(&line.template, &vars.with_recipient(recipient));
+                add(&line.name, value, &mut out);
+            }
+        } else {
+            add(
+                &line.name,
+                verdict::substitute(&line.template, vars),
+                &mut out,
+            );
+        }
+    }
+    for result in results {
+        for header in &result.changes.add_headers {
+            add(&header.name, header.value.clone(), &mut out);
+        }
+    }
+    if let Some(id) = inserted_message_id {
+        add("Message-ID", id.to_owned(), &mut out);
+    }
+    if !config.id_header.is_empty() {
+        add(&config.id_header, message.id.to_string(), &mut out);
+    }
+
+    // 3. envelope: the last module that asks for a new sender wins; recipients as asked
+    if let Some(sender) = results
+        .iter()
+        .rev()
+        .find_map(|r| r.changes.new_sender.clone())
+    {
+        out.push(Response::ChangeFrom {
+            sender: format!("<{}>", clean_value(&sender)),
+            args: None,
+        });
+    }
+    for result in results {
+        for recipient in &result.changes.add_recipients {
+            out.push(Response::AddRecipient(format!(
+                "<{}>",
+                clean_value(recipient)
+            )));
+        }
+        for recipient in &result.changes.delete_recipients {
+            out.push(Response::DeleteRecipient(format!(
+                "<{}>",
+                clean_value(recipient)
+            )));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use chrono::Utc;
+    use uuid::Uuid;
+    use wire::config::AddHeader;
+    use wire::{Action, Header, MessageId, MilterChanges, SessionInfo};
+
+    use super::*;
+
+    fn message(headers: &[(&str, &str)]) -> FinishedMessage {
+        FinishedMessage {
+            id: MessageId::new(),
+            session: SessionInfo {
+                session_id: Uuid::now_v7(),
+                connected_at: Utc::now(),
+                client_addr: Some("192.0.2.7".parse().unwrap()),
+                client_port: None,
+                client_name: String::new(),
+                helo: String::new(),
+                sasl_username: String::new(),
+                sasl_method: String::new(),
+                sasl_sender: String::new(),
+                tls: None,
+                mta_hostname: "mx.example.net".into(),
+                daemon_name: String::new(),
+            },
+            queue_id: "4jZB211qk4z6XPl".into(),
+            sender: "a@example.org".into(),
+            recipients: vec!["b@example.net".into(), "c@example.net".into()],
+            rejected_recipients: vec![],
+            headers: headers.iter().map(|(n, v)| Header::new(*n, *v)).collect(),
+            headers_truncated: false,
+            body: vec![],
+            body_truncated: false,
+            body_size: 0,
+            body_hash: String::new(),
+            received_at: Utc::now(),
+        }
+    }
+
+    fn config(lines: &[&str]) -> Config {
+        Config {
+            add_header: lines.iter().map(|l| AddHeader::parse(l).unwrap()).collect(),
+            id_header: String::new(),
+            ..Config::default()
+        }
+    }
+
+    fn vars() -> Vars<'static> {
+        Vars {
+            client_ip: "192.0.2.7",
+            hostname: "mx.example.net",
+            reject_score: 3.5,
+            spam_flag: false,
+            recipient: "",
+        }
+    }
+
+    #[test]
+    fn c21_unique_deletes_every_occurrence_highest_index_first() {
+        let m = message(&[
+            ("X-Spam", "a"),
+            ("Subject", "s"),
+            ("x-spam", "b"),
+            ("X-SPAM", "c"),
+        ]);
+        let mods = modifications(
+            &config(&["[U] X-Spam: %{rejectScore}"]),
+            &m,
+            &[],
+            &vars(),
+            None,
+        );
+        assert_eq!(
+            mods,
+            vec![
+                Response::ChangeHeader {
+                    index: 3,
+                    name: "X-Spam".into(),
+                    value: String::new()
+                },
+                Response::ChangeHeader {
+                    index: 2,
+                    name: "X-Spam".into(),
+                    value: String::new()
+                },
+                Response::ChangeHeader {
+                    index: 1,
+                    name: "X-Spam".into(),
+                    value: String::new()
+                },
+                Response::AddHeader {
+                    name: "X-Spam".into(),
+                    value: "3.50".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn recipient_headers_are_added_once_per_recipient_and_empty_values_only_delete() {
+        let m = message(&[("X-Foo", "old")]);
+        let mods = modifications(
+            &config(&[
+                "[U] X-Original-To: %{recipient}",
+                "[U] X-Foo:",
+                "X-Scanned: at %{hostname}",
+            ]),
+            &m,
+            &[],
+            &vars(),
+            None,
+        );
+        assert_eq!(
+            mods,
+            vec![
+                Response::ChangeHeader {
+                    index: 1,
+                    name: "X-Foo".into(),
+                    value: String::new()
+                },
+                Response::AddHeader {
+                    name: "X-Original-To".into(),
+                    value: "b@example.net".into()
+                },
+                Response::AddHeader {
+                    name: "X-Original-To".into(),
+                    value: "c@example.net".into()
+                },
+                Response::AddHeader {
+                    name: "X-Scanned".into(),
+                    value: "at mx.example.net".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn module_changes_and_ids_are_applied() {
+        let m = message(&[("X-Spam", "yes")]);
+        let mut result = CheckResult::error(m.id, "rspamd", "x");
+        result.action = Action::Reject;
+        result.changes = MilterChanges {
+            add_headers: vec![Header::new("X-Rspamd", "checked\r\nInjected: yes")],
+            remove_headers: vec!["X-Spam".into()],
+            new_sender: Some("srs0=x@example.org".into()),
+            add_recipients: vec!["d@example.net".into()],
+            delete_recipients: vec!["b@example.net".into()],
+        };
+        let mut cfg = config(&[]);
+        cfg.id_header = "X-Cluegetter-Id".into();
+        let mods = modifications(&cfg, &m, &[result], &vars(), Some("<1.q.cluegetter@mx>"));
+        assert_eq!(
+            mods,
+            vec![
+                Response::ChangeHeader {
+                    index: 1,
+                    name: "X-Spam".into(),
+                    value: String::new()
+                },
+                Response::AddHeader {
+                    name: "X-Rspamd".into(),
+                    value: "checked Injected: yes".into()
+                },
+                Response::AddHeader {
+                    name: "Message-ID".into(),
+                    value: "<1.q.cluegetter@mx>".into()
+                },
+                Response::AddHeader {
+                    name: "X-Cluegetter-Id".into(),
+                    value: m.id.to_string()
+                },
+                Response::ChangeFrom {
+                    sender: "<srs0=x@example.org>".into(),
+                    args: None
+                },
+                Response::AddRecipient("<d@example.net>".into()),
+                Response::DeleteRecipient("<b@example.net>".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn c22_generated_message_id_names_a_host() {
+        let mut m = message(&[]);
+        let id = generated_message_id(&m);
+        assert!(id.ends_with("@mx.example.net>"), "{id}");
+        assert!(id.contains(".4jZB211qk4z6XPl.cluegetter@"), "{id}");
+        m.session.mta_hostname.clear();
+        let id = generated_message_id(&m);
+        assert!(!id.ends_with("@>"), "{id}");
+    }
+}
