@@ -3,7 +3,7 @@
 # services cluegetter's tests talk to, on 127.0.0.1 only, without systemd.
 #
 #   start-peers.sh [--stop] SERVICE...
-#   SERVICE: rabbitmq mariadb postfix spamd rspamd clamd tools | all
+#   SERVICE: rabbitmq mariadb postfix spamd rspamd clamd tools chromium | all
 #
 #   rabbitmq  127.0.0.1:5672 guest/guest, vhosts $PEERS_RABBITMQ_VHOSTS, management API 127.0.0.1:15672
 #   mariadb   127.0.0.1:3306 root / empty password, databases $PEERS_MARIADB_DATABASES
@@ -12,6 +12,7 @@
 #   rspamd    127.0.0.1:11333 (normal), 11332 (proxy, milter mode), 11334 (controller)
 #   clamd     127.0.0.1:3310, test-only signature DB with EICAR (no freshclam)
 #   tools     swaks miltertest python3-pika amqp-tools mmdb-bin libmaxmind-db-writer-perl curl docker-compose dnsmasq-base (install only)
+#   chromium  chromium chromium-driver (install only; the auditor's browser test runs chromedriver itself)
 #
 # Idempotent: a service that already answers on its port is left alone (and
 # not installed); a second run changes nothing.  Never kills a process it did
@@ -528,6 +529,13 @@ start_tools() {
     say "tools: swaks miltertest python3-pika amqp-tools mmdb-bin libmaxmind-db-writer-perl curl docker-compose dnsmasq-base installed"
 }
 
+# ================================================================ chromium ==
+start_chromium() {
+    install_pkgs chromium chromium chromium-driver || return 1
+    command -v chromedriver >/dev/null || { err "chromium: chromedriver not on PATH after install"; return 1; }
+    say "chromium: $(chromium --version 2>/dev/null | head -n 1), chromedriver installed"
+}
+
 # ==================================================================== main ==
 ports_of() {
     case $1 in
@@ -565,16 +573,16 @@ SERVICES=()
 for a in "$@"; do
     case $a in
         all) SERVICES+=($ALL_SERVICES) ;;
-        rabbitmq|mariadb|postfix|spamd|rspamd|clamd|tools) SERVICES+=("$a") ;;
+        rabbitmq|mariadb|postfix|spamd|rspamd|clamd|tools|chromium) SERVICES+=("$a") ;;
         -h|--help) usage ;;
-        *) err "unknown service '$a' (known: $ALL_SERVICES tools all)"; exit 2 ;;
+        *) err "unknown service '$a' (known: $ALL_SERVICES tools chromium all)"; exit 2 ;;
     esac
 done
 
 FAILED=()
 for svc in "${SERVICES[@]}"; do
     if [ "$MODE" = stop ]; then
-        [ "$svc" = tools ] && continue
+        [ "$svc" = tools ] || [ "$svc" = chromium ] && continue
         stop_service "$svc" || FAILED+=("$svc")
         continue
     fi

@@ -3,15 +3,16 @@
 #
 # Installs (from Debian's packages) and starts the real services the tests talk to, if they
 # are missing or down — RabbitMQ, MariaDB, Postfix, spamd, rspamd, clamd and the test tools
-# (swaks, miltertest, dnsmasq) — then runs every test of the workspace. No test is skipped for a missing
-# service: a service that cannot be started fails this script.
+# (swaks, miltertest, dnsmasq) and Chromium with chromedriver (the auditor's browser test) —
+# then runs every test of the workspace. No test is skipped for a missing service: a service
+# that cannot be started fails this script.
 #
 #   scripts/test.sh [extra arguments for the test runner]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"   # postfix, postconf, postqueue
 
-scripts/start-peers.sh rabbitmq mariadb postfix spamd rspamd clamd tools
+scripts/start-peers.sh rabbitmq mariadb postfix spamd rspamd clamd tools chromium
 cargo build --bins   # test-support/tests/faults runs the real milter-gateway and auditor
 
 if cargo nextest --version >/dev/null 2>&1; then

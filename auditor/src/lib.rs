@@ -14,6 +14,8 @@
 //! - [`dead_letters`]: `auditor dead-letters count|show|replay`.
 //! - [`migrate`]: creating the database and applying `schema/`, refusing a newer schema.
 //! - [`metrics`]: the metric names.
+//! - [`web`]: the web interface and JSON API (search, message pages, bounces, quotas,
+//!   statistics), behind a login; served by `main.rs` beside the consumer.
 //!
 //! The auditor knows the wire contract only through `wire`; it never defines a wire type.
 
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod prune;
 pub mod store;
+pub mod web;
 
 pub use migrate::{MigrateError, migrate};
 

@@ -42,6 +42,16 @@ enum Command {
     /// The events that could not be stored (queue `cluegetter.audit.dead-letter`).
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// The web interface's tools.
+    #[command(subcommand)]
+    Web(Web),
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum Web {
+    /// Read a password from stdin (one line) and print its argon2 hash for
+    /// `[[auditor.web-users]] password-hash`.
+    HashPassword,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -98,6 +108,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     if let Command::DeadLetters(action) = command {
         return dead_letters(action, &config).await;
     }
+    if let Command::Web(Web::HashPassword) = command {
+        return hash_password();
+    }
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
     let result = async {
@@ -109,8 +122,29 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
         match command {
-            Command::Run => auditor::run(config, shutdown.clone()).await,
-            Command::Migrate | Command::DeadLetters(_) => Ok(()),
+            Command::Run => {
+                // the web interface beside the consumer, on its own listener, same shutdown
+                let listener = tokio::net::TcpListener::bind(config.auditor.web_listen)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on web-listen {}", config.auditor.web_listen)
+                    })?;
+                let pool = auditor::store::connect_lazy(
+                    &config.database.url,
+                    config.database.max_connections,
+                )
+                .context("invalid database.url")?;
+                let web = tokio::spawn(auditor::web::serve(
+                    listener,
+                    auditor::web::AppState::new(&config.auditor, pool),
+                    shutdown.clone(),
+                ));
+                let consumed = auditor::run(config, shutdown.clone()).await;
+                shutdown.cancel();
+                let served = web.await.context("the web interface panicked")?;
+                consumed.and(served.context("the web interface failed"))
+            }
+            Command::Migrate | Command::DeadLetters(_) | Command::Web(_) => Ok(()),
         }
     }
     .await;
@@ -147,6 +181,18 @@ async fn dead_letters(action: DeadLetters, config: &Config) -> anyhow::Result<()
             );
         }
     }
+    Ok(())
+}
+
+/// `auditor web hash-password`: one line from stdin, its argon2 PHC hash on stdout.
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+    println!("{}", auditor::web::hash_password(password)?);
     Ok(())
 }
 

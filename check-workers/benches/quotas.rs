@@ -88,6 +88,7 @@ fn request(login: &str) -> CheckRequest {
         content: None,
         content_truncated: false,
         sent_at: Utc::now(),
+        stage: wire::CheckStage::Eom,
     }
 }
 

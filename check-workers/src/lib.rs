@@ -66,6 +66,17 @@ pub async fn run(
     let mut workers = Vec::with_capacity(names.len());
     for name in &names {
         let module = modules::build(name, &config)?;
+        // `[stage-checks]` is read by the gateway; refusing here keeps a module from being
+        // asked where it cannot judge (it would answer every such request with an error).
+        for stage in config.stage_checks.stages_of(name) {
+            if !module.stages().contains(&stage) {
+                let can: Vec<&str> = module.stages().iter().map(|s| s.as_str()).collect();
+                bail!(
+                    "[stage-checks] {stage} lists `{name}`, which checks at {} only",
+                    can.join(", ")
+                );
+            }
+        }
         let timeout = config
             .module(name)
             .map(|settings| settings.timeout())
@@ -157,6 +168,21 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_module_listed_at_a_stage_it_cannot_check_is_refused() {
+        let mut config = Config::default();
+        config.rspamd.enabled = true;
+        config.stage_checks.connect = names(&["rspamd"]);
+        let error = run(config, None, CancellationToken::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "[stage-checks] connect lists `rspamd`, which checks at eom only"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::error::Error as StdError;
 
 use async_trait::async_trait;
-use wire::{CheckRequest, CheckResult};
+use wire::{CheckRequest, CheckResult, CheckStage};
 
 /// A boxed error from a client library, kept as the `source` of a [`ModuleError`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -17,6 +17,13 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 pub trait Module: Send + Sync {
     /// The module's name: its config section, its queue's routing key, its metrics label.
     fn name(&self) -> &'static str;
+
+    /// The SMTP stages the module can judge at. End of message only, unless it judges from
+    /// the session or the envelope alone and says so; `[stage-checks]` may only list a module
+    /// at a stage it names here (checked when check-workers starts).
+    fn stages(&self) -> &'static [CheckStage] {
+        &[CheckStage::Eom]
+    }
 
     /// Judges one message. The worker bounds the call by the module's `timeout` and drops the
     /// future when the time is up, so an implementation needs no deadline of its own.

@@ -397,40 +397,54 @@ async fn answer(
     };
 
     let started = Instant::now();
-    let outcome = tokio::select! {
-        biased;
-        () = abandon.cancelled() => {
-            tracing::debug!("check abandoned; the broker will redeliver the request");
-            return;
+    // A gateway whose `[stage-checks]` this host's check-workers would have refused (another
+    // host's config): say so in the result rather than judge what this module cannot see.
+    let mut result = if worker.module.stages().contains(&request.stage) {
+        let outcome = tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                tracing::debug!("check abandoned; the broker will redeliver the request");
+                return;
+            }
+            outcome = tokio::time::timeout(
+                worker.timeout,
+                AssertUnwindSafe(worker.module.check(&request)).catch_unwind(),
+            ) => outcome,
+        };
+        match outcome {
+            Ok(Ok(Ok(result))) => result,
+            Ok(Ok(Err(error))) => {
+                let reason = error_chain(&error);
+                metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "check_failed")
+                    .increment(1);
+                tracing::warn!(%reason, "check failed");
+                CheckResult::error(request.message_id, name, reason)
+            }
+            Ok(Err(_panic)) => {
+                metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "panic")
+                    .increment(1);
+                tracing::error!("module panicked during the check");
+                CheckResult::error(request.message_id, name, "the module panicked")
+            }
+            Err(_elapsed) => {
+                metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "timeout")
+                    .increment(1);
+                let reason = format!(
+                    "no answer within the module timeout of {:?}",
+                    worker.timeout
+                );
+                tracing::warn!(%reason, "check timed out");
+                CheckResult::error(request.message_id, name, reason)
+            }
         }
-        outcome = tokio::time::timeout(
-            worker.timeout,
-            AssertUnwindSafe(worker.module.check(&request)).catch_unwind(),
-        ) => outcome,
-    };
-    let mut result = match outcome {
-        Ok(Ok(Ok(result))) => result,
-        Ok(Ok(Err(error))) => {
-            let reason = error_chain(&error);
-            metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "check_failed")
-                .increment(1);
-            tracing::warn!(%reason, "check failed");
-            CheckResult::error(request.message_id, name, reason)
-        }
-        Ok(Err(_panic)) => {
-            metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "panic").increment(1);
-            tracing::error!("module panicked during the check");
-            CheckResult::error(request.message_id, name, "the module panicked")
-        }
-        Err(_elapsed) => {
-            metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "timeout").increment(1);
-            let reason = format!(
-                "no answer within the module timeout of {:?}",
-                worker.timeout
-            );
-            tracing::warn!(%reason, "check timed out");
-            CheckResult::error(request.message_id, name, reason)
-        }
+    } else {
+        metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "stage").increment(1);
+        tracing::warn!(stage = %request.stage, "asked at a stage this module does not check at");
+        CheckResult::error(
+            request.message_id,
+            name,
+            format!("{name} does not check at stage {}", request.stage),
+        )
     };
     // The worker, not the module, vouches for these.
     result.version = WIRE_VERSION;

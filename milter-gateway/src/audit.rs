@@ -23,6 +23,13 @@ use crate::spool::{Replayed, Spool, SpoolEntry, SpoolError};
 
 /// Events kept in memory while they wait; beyond this the spool file is read back instead.
 const IN_MEMORY: usize = 1000;
+/// An event whose body is larger than this is never kept in memory while it waits (the spool
+/// file is read back), so the queue holds at most `IN_MEMORY` × this many body bytes.
+const IN_MEMORY_BODY: usize = 64 * 1024;
+
+fn body_len(event: &AuditEvent) -> usize {
+    event.message.body.as_ref().map_or(0, Vec::len)
+}
 
 /// One event waiting for its confirm.
 struct Waiting {
@@ -65,7 +72,7 @@ impl AuditPublisher {
         }
         if let Ok(mut items) = queue.items.lock() {
             for r in replay {
-                let keep = items.len() < IN_MEMORY;
+                let keep = items.len() < IN_MEMORY && body_len(&r.event) <= IN_MEMORY_BODY;
                 items.push_back(Waiting {
                     answered: r.event.answered,
                     entry: Some(r.entry),
@@ -102,6 +109,34 @@ impl AuditPublisher {
         }
     }
 
+    /// Rewrites a spooled event (late results added), atomically: the file holds either the
+    /// old event or the new one. Call before [`AuditPublisher::publish`], never after.
+    ///
+    /// # Errors
+    /// The spool is full or the disk failed; the old event is left in place.
+    pub async fn rewrite(
+        &self,
+        entry: &SpoolEntry,
+        event: &AuditEvent,
+    ) -> Result<SpoolEntry, SpoolError> {
+        let spool = self.spool.clone();
+        let entry = entry.clone();
+        let json = wire::contract::encode(event);
+        match tokio::task::spawn_blocking(move || spool.rewrite_encoded(&entry, &json)).await {
+            Ok(written) => written,
+            Err(join) => Err(SpoolError::Io {
+                dir: String::new(),
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    /// Records in the spool that the MTA got its answer, for an event whose publishing is
+    /// held back ([`AuditPublisher::publish`] does it otherwise).
+    pub fn mark_answered(&self, entry: &SpoolEntry) {
+        self.spool.mark_answered(entry);
+    }
+
     /// Queues the event for publishing; `answered` says whether the MTA got the final reply.
     pub fn publish(&self, entry: Option<SpoolEntry>, mut event: AuditEvent, answered: bool) {
         event.answered = answered;
@@ -109,7 +144,8 @@ impl AuditPublisher {
             self.spool.mark_answered(entry);
         }
         if let Ok(mut items) = self.queue.items.lock() {
-            let keep = entry.is_none() || items.len() < IN_MEMORY;
+            let keep =
+                entry.is_none() || (items.len() < IN_MEMORY && body_len(&event) <= IN_MEMORY_BODY);
             items.push_back(Waiting {
                 entry,
                 event: keep.then_some(event),
@@ -174,7 +210,12 @@ async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Opt
             )
             .await
         {
-            Ok(confirm) => pending.push(confirm),
+            Ok(confirm) => {
+                // handed to the broker, not yet confirmed: published minus confirmed is what
+                // is in flight (and what a broken channel makes us publish again)
+                metrics::counter!("cluegetter_gateway_audit_published_total").increment(1);
+                pending.push(confirm);
+            }
             Err(e) => {
                 error = Some(e.to_string());
                 break;

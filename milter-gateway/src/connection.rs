@@ -2,7 +2,15 @@
 //! modules, wait (sending progress so Postfix's timers never fire), decide, answer, audit.
 //!
 //! Everything that awaits lives here; the protocol rules are in `session.rs`, the verdict in
-//! `verdict.rs`. A protocol error ends this connection only (Postfix then applies
+//! `verdict.rs`.
+//!
+//! Late results (DESIGN.md "The verdict"): when the breaker fires, or the message deadline
+//! passes before a module's own timeout, the answer does not wait for the modules still
+//! outstanding. The audit event is spooled before the answer as always; its publishing is then
+//! held (a task of [`Context::late`]) until those modules answered or their timeouts passed, or
+//! the gateway shuts down. Results that arrive meanwhile are added to the event marked `late`
+//! (the spool file is rewritten atomically), and never change the verdict. A crash while
+//! holding leaves the spooled record without them: replayed once, never lost. A protocol error ends this connection only (Postfix then applies
 //! `milter_default_action`); it never takes the gateway down.
 
 use std::sync::Arc;
@@ -13,20 +21,23 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use wire::config::{Config, FailAction};
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckRequest, CheckResult,
-    Envelope, WIRE_VERSION,
+    Envelope, MessageId, WIRE_VERSION,
 };
 
 use crate::audit::AuditPublisher;
 use crate::content;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Pending};
+use crate::early;
 use crate::headers;
 use crate::milter::{FilterCodec, ProtocolError, Response};
 use crate::reply;
-use crate::session::{FinishedMessage, Limits, Session, Stage, Step};
+use crate::session::{EarlyChecks, FinishedMessage, Limits, Session, Stage, Step};
+use crate::spool::SpoolEntry;
 use crate::verdict::{self, Policy};
 
 /// What every connection shares.
@@ -38,6 +49,11 @@ pub struct Context {
     pub modules: Vec<ModulePlan>,
     pub dispatcher: Dispatcher,
     pub audit: AuditPublisher,
+    /// Bytes of the body the audit event carries (0: none); see
+    /// [`wire::config::GatewayConfig::audit_body_limit`].
+    pub audit_body_limit: usize,
+    /// The audit events held back for late results; the server waits for them at shutdown.
+    pub late: TaskTracker,
 }
 
 /// How one module is asked.
@@ -62,11 +78,25 @@ impl Context {
                 })
             })
             .collect();
-        let body_limit = modules.iter().filter_map(|m| m.max_size).max().unwrap_or(0);
+        let audit_body_limit = wire::config::GatewayConfig::audit_body_limit(&config);
+        // The body is kept only as far as someone needs it: the largest module max-size, or
+        // the archive's share.
+        let body_limit = modules
+            .iter()
+            .filter_map(|m| m.max_size)
+            .max()
+            .unwrap_or(0)
+            .max(audit_body_limit);
+        let stage_checks = &config.stage_checks;
         let limits = Limits {
             body_limit,
             max_headers: config.gateway.max_headers,
             max_header_bytes: config.gateway.max_header_bytes,
+            early_checks: EarlyChecks {
+                connect: !stage_checks.connect.is_empty(),
+                helo: !stage_checks.helo.is_empty(),
+                rcpt: !stage_checks.rcpt.is_empty(),
+            },
         };
         Self {
             policy: Policy::from_config(&config),
@@ -74,12 +104,14 @@ impl Context {
             modules,
             dispatcher,
             audit,
+            audit_body_limit,
+            late: TaskTracker::new(),
             config,
         }
     }
 }
 
-type Transport = Framed<TcpStream, FilterCodec>;
+pub(crate) type Transport = Framed<TcpStream, FilterCodec>;
 
 /// Serves one connection until QUIT, EOF, a protocol error, or shutdown between messages.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -138,9 +170,18 @@ async fn converse(
             Step::Reply(response) => framed.send(response).await?,
             Step::NoReply => {}
             Step::Close => return Ok(()),
+            Step::Check(check) => {
+                let answer = early::answer(framed, ctx, &check).await?;
+                if let Some(reply) = &answer.refused_recipient {
+                    session.refuse_recipient(reply);
+                }
+                framed.send(answer.response).await?;
+            }
             Step::Judge(message) => {
                 let span = tracing::info_span!("message", message_id = %message.id, queue_id = %message.queue_id);
-                judge(framed, ctx, *message).instrument(span).await?;
+                judge(framed, ctx, *message, shutdown)
+                    .instrument(span)
+                    .await?;
                 *judged += 1;
                 session.finish_message();
             }
@@ -153,15 +194,37 @@ struct Collected {
     results: Vec<CheckResult>,
     /// Set when no verdict could be had at all.
     failure: Option<String>,
+    /// Modules the verdict did not wait for whose results may still come, and where they
+    /// come; `None` when nothing is outstanding.
+    late: Option<(Pending, Vec<Outstanding>)>,
+}
+
+/// A module whose result the verdict was made without, though its timeout had not passed.
+#[derive(Debug)]
+pub(crate) struct Outstanding {
+    module: String,
+    /// The module's own timeout: no result is awaited after it.
+    until: Instant,
+    /// The message deadline cut it: the verdict counted it as an error result, which a late
+    /// result replaces in the record. Otherwise (the breaker fired) it has no result yet.
+    counted_as_error: bool,
 }
 
 async fn judge(
     framed: &mut Transport,
     ctx: &Context,
-    message: FinishedMessage,
+    mut message: FinishedMessage,
+    shutdown: &CancellationToken,
 ) -> Result<(), ProtocolError> {
     let started = Instant::now();
-    let collected = collect_results(framed, ctx, &message, started).await?;
+    let mut collected = collect_results(framed, ctx, &message, started).await?;
+    // The requests are out: the body is needed only for the archive now.
+    let archived_body = (ctx.audit_body_limit > 0).then(|| {
+        let mut body = std::mem::take(&mut message.body);
+        body.truncate(ctx.audit_body_limit);
+        body.shrink_to_fit();
+        body
+    });
     let decision = verdict::decide(&ctx.policy, &collected.results);
     let noop = ctx.config.noop;
     let whitelisted = message
@@ -222,7 +285,7 @@ async fn judge(
             headers_truncated: message.headers_truncated,
             body_size: message.body_size,
             body_hash: message.body_hash.clone(),
-            body: None,
+            body: archived_body,
             message_id_header: inserted_message_id
                 .clone()
                 .unwrap_or_else(|| original_message_id.clone()),
@@ -244,22 +307,10 @@ async fn judge(
             .results
             .iter()
             .zip(&decision.weighted)
-            .map(|(result, weighted)| {
-                let mut result = result.clone();
-                // JSON has no NaN or infinity; the verdict already treated such a score as an
-                // error (verdict.rs), the record keeps the fact in the determinants.
-                if !result.score.is_finite() {
-                    result.determinants = serde_json::json!({
-                        "invalid_score": result.score.to_string(),
-                        "module_determinants": result.determinants,
-                    });
-                    result.score = 0.0;
-                }
-                AuditResult {
-                    result,
-                    weighted_score: *weighted,
-                    late: false,
-                }
+            .map(|(result, weighted)| AuditResult {
+                result: recordable(result.clone()),
+                weighted_score: *weighted,
+                late: false,
             })
             .collect(),
     };
@@ -295,7 +346,30 @@ async fn judge(
     )
     .await;
     // Published whether or not the answer reached the MTA; the record says which.
-    ctx.audit.publish(spooled, event, answer.is_ok());
+    let answered = answer.is_ok();
+    match collected.late.take() {
+        Some((pending, outstanding)) => {
+            // The file says "answered" at once: a crash while holding replays it as such.
+            if answered && let Some(entry) = &spooled {
+                ctx.audit.mark_answered(entry);
+            }
+            tracing::debug!(outstanding = ?outstanding.iter().map(|o| &o.module).collect::<Vec<_>>(),
+                "audit event held for late results");
+            ctx.late.spawn(
+                hold_for_late(
+                    ctx.audit.clone(),
+                    pending,
+                    outstanding,
+                    event,
+                    spooled,
+                    answered,
+                    shutdown.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+        None => ctx.audit.publish(spooled, event, answered),
+    }
     answer?;
     let elapsed = started.elapsed();
     metrics::histogram!("cluegetter_gateway_eom_to_reply_seconds").record(elapsed.as_secs_f64());
@@ -355,6 +429,113 @@ async fn send_answer(
     Ok(())
 }
 
+/// A result as the record keeps it. JSON has no NaN or infinity; the verdict already treated
+/// such a score as an error (verdict.rs), the record keeps the fact in the determinants.
+fn recordable(mut result: CheckResult) -> CheckResult {
+    if !result.score.is_finite() {
+        result.determinants = serde_json::json!({
+            "invalid_score": result.score.to_string(),
+            "module_determinants": result.determinants,
+        });
+        result.score = 0.0;
+    }
+    result
+}
+
+/// Adds a result that came after the verdict to the event, marked late (weighted score 0: it
+/// did not count). For a module the deadline cut, it replaces the error result the verdict
+/// counted, which stays in `determinants.counted_as`.
+fn add_late(event: &mut AuditEvent, result: CheckResult, counted_as_error: bool) {
+    let mut result = recordable(result);
+    let counted = counted_as_error
+        .then(|| {
+            event
+                .results
+                .iter()
+                .position(|r| r.result.module == result.module && !r.late)
+        })
+        .flatten();
+    let record = |result| AuditResult {
+        result,
+        weighted_score: 0.0,
+        late: true,
+    };
+    match counted {
+        Some(pos) => {
+            let counted = &event.results[pos];
+            result.determinants = serde_json::json!({
+                "module_determinants": result.determinants,
+                "counted_as": {
+                    "action": counted.result.action,
+                    "score": counted.result.score,
+                    "weighted_score": counted.weighted_score,
+                    "determinants": counted.result.determinants,
+                },
+            });
+            event.results[pos] = record(result);
+        }
+        None => event.results.push(record(result)),
+    }
+}
+
+/// Holds the (spooled, answered) event until the outstanding modules answered or their
+/// timeouts passed, or the gateway shuts down; adds what came, marked late; then queues it
+/// for publishing as usual.
+async fn hold_for_late(
+    audit: AuditPublisher,
+    mut pending: Pending,
+    mut outstanding: Vec<Outstanding>,
+    mut event: AuditEvent,
+    spooled: Option<SpoolEntry>,
+    answered: bool,
+    shutdown: CancellationToken,
+) {
+    let mut late = 0_usize;
+    while let Some(until) = outstanding.iter().map(|o| o.until).min() {
+        tokio::select! {
+            result = pending.results.recv() => match result {
+                Some(result) => {
+                    if let Some(pos) = outstanding.iter().position(|o| o.module == result.module) {
+                        let o = outstanding.swap_remove(pos);
+                        tracing::info!(module = %result.module, action = %result.action,
+                            score = result.score, "late result recorded");
+                        metrics::counter!("cluegetter_gateway_late_results_total",
+                            "module" => result.module.clone()).increment(1);
+                        add_late(&mut event, result, o.counted_as_error);
+                        late += 1;
+                    }
+                }
+                None => break, // the broker link broke: nothing more comes
+            },
+            () = tokio::time::sleep_until(until) => {
+                let now = Instant::now();
+                outstanding.retain(|o| o.until > now);
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    drop(pending);
+    if !outstanding.is_empty() {
+        tracing::debug!(not_recorded = ?outstanding.iter().map(|o| &o.module).collect::<Vec<_>>(),
+            "audit event published without some late results");
+    }
+    let entry = match spooled {
+        Some(entry) if late > 0 => {
+            event.answered = answered;
+            match audit.rewrite(&entry, &event).await {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    // The spooled record stays as it was: complete but for the late results.
+                    tracing::warn!(%error, "cannot add the late results to the spooled audit event");
+                    Some(entry)
+                }
+            }
+        }
+        other => other,
+    };
+    audit.publish(entry, event, answered);
+}
+
 fn header_value(message: &FinishedMessage, name: &str) -> String {
     message
         .headers
@@ -387,6 +568,7 @@ fn request_for(ctx: &Context, plan: &ModulePlan, message: &FinishedMessage) -> C
         content,
         content_truncated,
         sent_at: chrono::Utc::now(),
+        stage: wire::CheckStage::Eom,
     }
 }
 
@@ -403,6 +585,7 @@ async fn collect_results(
         return Ok(Collected {
             results: Vec::new(),
             failure: None,
+            late: None,
         });
     }
     let requests: Vec<(CheckRequest, Duration)> = ctx
@@ -418,18 +601,54 @@ async fn collect_results(
             return Ok(Collected {
                 results: Vec::new(),
                 failure: Some(error.to_string()),
+                late: None,
             });
         }
     };
 
+    let plans: Vec<&ModulePlan> = ctx.modules.iter().collect();
+    let (results, outstanding) =
+        wait_for_results(framed, ctx, &mut pending, &plans, message.id, started).await?;
+    Ok(Collected {
+        results,
+        failure: None,
+        late: (!outstanding.is_empty()).then_some((pending, outstanding)),
+    })
+}
+
+/// Waits for the results of `plans` (asked as `id`): until all answered, the breaker fired,
+/// or each module's timeout (bounded by the message deadline) passed, sending SMFIR_PROGRESS
+/// every `progress-interval` meanwhile. A module that did not answer in time counts as an
+/// error. Also returns the modules still worth waiting for after the verdict (cut by the
+/// breaker or the message deadline before their own timeout), for the late results.
+pub(crate) async fn wait_for_results(
+    framed: &mut Transport,
+    ctx: &Context,
+    pending: &mut Pending,
+    plans: &[&ModulePlan],
+    id: MessageId,
+    started: Instant,
+) -> Result<(Vec<CheckResult>, Vec<Outstanding>), ProtocolError> {
     let deadline = started + ctx.config.gateway.message_deadline;
-    let mut results: Vec<CheckResult> = Vec::with_capacity(ctx.modules.len());
-    let mut waiting: Vec<&ModulePlan> = ctx.modules.iter().collect();
+    let mut results: Vec<CheckResult> = Vec::with_capacity(plans.len());
+    let mut waiting: Vec<&ModulePlan> = plans.to_vec();
     let progress_every = ctx.config.gateway.progress_interval;
     let mut next_progress = started + progress_every;
+    let mut outstanding: Vec<Outstanding> = Vec::new();
     while !waiting.is_empty() {
         if verdict::breaker_tripped(&ctx.policy, &results) {
             tracing::debug!(not_awaited = ?waiting.iter().map(|m| &m.name).collect::<Vec<_>>(), "breaker fired");
+            let now = Instant::now();
+            outstanding.extend(
+                waiting
+                    .iter()
+                    .filter(|plan| started + plan.timeout > now)
+                    .map(|plan| Outstanding {
+                        module: plan.name.clone(),
+                        until: started + plan.timeout,
+                        counted_as_error: false,
+                    }),
+            );
             break;
         }
         let next_timeout = waiting
@@ -448,7 +667,7 @@ async fn collect_results(
                 None => {
                     // The broker link broke: these results will never come.
                     for plan in waiting.drain(..) {
-                        results.push(CheckResult::error(message.id, &plan.name, "the RabbitMQ connection was lost while waiting"));
+                        results.push(CheckResult::error(id, &plan.name, "the RabbitMQ connection was lost while waiting"));
                     }
                 }
             },
@@ -457,10 +676,18 @@ async fn collect_results(
                 waiting.retain(|plan| {
                     let expired = now >= (started + plan.timeout).min(deadline);
                     if expired {
+                        if started + plan.timeout > now {
+                            // the message deadline, not the module's timeout: it may still come
+                            outstanding.push(Outstanding {
+                                module: plan.name.clone(),
+                                until: started + plan.timeout,
+                                counted_as_error: true,
+                            });
+                        }
                         tracing::warn!(module = %plan.name, timeout = ?plan.timeout, "module did not answer in time");
                         metrics::counter!("cluegetter_gateway_module_timeouts_total", "module" => plan.name.clone()).increment(1);
                         results.push(CheckResult::error(
-                            message.id,
+                            id,
                             &plan.name,
                             format!("no answer within {:?}", plan.timeout.min(ctx.config.gateway.message_deadline)),
                         ));
@@ -477,13 +704,10 @@ async fn collect_results(
     // Keep the order stable (module order), so the audit and the reason choice do not depend
     // on arrival order.
     results.sort_by_key(|r| {
-        ctx.modules
+        plans
             .iter()
             .position(|m| m.name == r.module)
             .unwrap_or(usize::MAX)
     });
-    Ok(Collected {
-        results,
-        failure: None,
-    })
+    Ok((results, outstanding))
 }

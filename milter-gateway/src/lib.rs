@@ -5,6 +5,7 @@
 //!   and binds.
 //! - [`server`]: the listener (connection cap, graceful drain).
 //! - [`connection`]: one milter connection; end of message: ask, wait, decide, answer, audit.
+//! - [`early`]: the checks before end of message (`[stage-checks]`: CONNECT, HELO, RCPT).
 //! - [`session`]: the protocol state machine (pure).
 //! - [`milter`]: the wire protocol (codec, commands, responses, negotiation).
 //! - [`dispatch`]: check requests and results over RabbitMQ (RPC with correlation ids).
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod connection;
 pub mod content;
 pub mod dispatch;
+pub mod early;
 pub mod headers;
 pub mod milter;
 pub mod reply;

@@ -14,6 +14,8 @@ use crate::connection::{self, Context};
 
 /// Longest a shutdown waits for connections in the middle of a message.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a shutdown waits for the audit events held for late results to be queued.
+const LATE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
     let limit = Arc::new(Semaphore::new(ctx.config.gateway.max_connections.max(1)));
@@ -58,6 +60,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellat
         tracing::warn!(
             remaining = connections.len(),
             "shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them"
+        );
+    }
+    // Audit events held for late results stop waiting at shutdown and are queued at once.
+    ctx.late.close();
+    if tokio::time::timeout(LATE_DRAIN_TIMEOUT, ctx.late.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = ctx.late.len(),
+            "shutdown: audit events still held after {LATE_DRAIN_TIMEOUT:?}; they are replayed from the spool"
         );
     }
 }

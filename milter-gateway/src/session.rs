@@ -5,8 +5,8 @@
 //! Postfix sends (several messages per connection, ABORT at any point, HELO again after
 //! STARTTLS or RSET) and answers anything else with [`ProtocolError::OutOfOrder`].
 //!
-//! Memory is bounded: the body is kept up to `body_limit` bytes (the largest `max-size` of an
-//! enabled content module), headers up to `max_headers` and `max_header_bytes`; beyond that the
+//! Memory is bounded: the body is kept up to `body_limit` bytes (the largest of the enabled
+//! content modules' `max-size` and the audit event's `audit-body-max-size`), headers up to `max_headers` and `max_header_bytes`; beyond that the
 //! message is still counted, hashed and judged, and marked truncated.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use uuid::Uuid;
-use wire::{Header, MessageId, RejectedRecipient, SessionInfo, TlsInfo};
+use wire::{CheckStage, Header, MessageId, RejectedRecipient, SessionInfo, TlsInfo};
 
 use crate::milter::optneg::{self, Negotiated};
 use crate::milter::{Command, Family, ProtocolError, Response};
@@ -30,6 +30,10 @@ pub enum Step {
     /// End of message: judge it, send the modifications and the final reply, then call
     /// [`Session::finish_message`].
     Judge(Box<FinishedMessage>),
+    /// A stage listed in `[stage-checks]` (CONNECT, HELO, RCPT): ask its modules and answer
+    /// (continue, or a reply code); a refused recipient is then handed to
+    /// [`Session::refuse_recipient`].
+    Check(Box<EarlyCheck>),
     /// QUIT: close the connection.
     Close,
 }
@@ -59,6 +63,25 @@ pub struct Limits {
     pub body_limit: usize,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    pub early_checks: EarlyChecks,
+}
+
+/// The stages before end of message at which modules are asked (`[stage-checks]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EarlyChecks {
+    pub connect: bool,
+    pub helo: bool,
+    pub rcpt: bool,
+}
+
+/// What a check before end of message is about.
+#[derive(Debug, Clone)]
+pub struct EarlyCheck {
+    pub stage: CheckStage,
+    pub session: SessionInfo,
+    /// At RCPT: the transaction's sender and the recipient asked about; empty before.
+    pub sender: String,
+    pub recipient: String,
 }
 
 /// A message that reached end of data, with everything the verdict and the audit need.
@@ -230,7 +253,13 @@ impl Session {
                         when: "with a protocol version below 2",
                     });
                 }
-                let negotiated = Negotiated::from_offer(version, actions, protocol);
+                let early = self.limits.early_checks;
+                let negotiated = Negotiated::from_offer_wanting(
+                    version,
+                    actions,
+                    protocol,
+                    optneg::wanted_protocol(early.connect, early.helo),
+                );
                 self.negotiated = Some(negotiated);
                 self.stage = Stage::AwaitConnect;
                 let macros = if negotiated.macros_allowed() {
@@ -284,7 +313,7 @@ impl Session {
                     .unwrap_or_default()
                     .to_owned();
                 self.stage = Stage::Idle;
-                Ok(self.continue_unless_nr(code))
+                Ok(self.check_or_continue(code, CheckStage::Connect, String::new()))
             }
             Command::Helo(name) => {
                 if self.stage != Stage::Idle {
@@ -292,7 +321,7 @@ impl Session {
                 }
                 self.info.helo = name;
                 self.read_tls_macros();
-                Ok(self.continue_unless_nr(code))
+                Ok(self.check_or_continue(code, CheckStage::Helo, String::new()))
             }
             Command::Mail(args) => {
                 if self.stage != Stage::Idle {
@@ -331,15 +360,18 @@ impl Session {
                 } else {
                     String::new()
                 };
-                if let Some(t) = self.transaction.as_mut() {
-                    if rejected {
+                if rejected {
+                    if let Some(t) = self.transaction.as_mut() {
                         t.rejected_recipients
                             .push(RejectedRecipient { address, reason });
-                    } else {
-                        t.recipients.push(address);
                     }
+                    // Postfix has answered the client already; nothing for modules to judge.
+                    return Ok(self.continue_unless_nr(code));
                 }
-                Ok(self.continue_unless_nr(code))
+                if let Some(t) = self.transaction.as_mut() {
+                    t.recipients.push(address.clone());
+                }
+                Ok(self.check_or_continue(code, CheckStage::Rcpt, address))
             }
             Command::Data => {
                 if self.stage != Stage::Envelope {
@@ -448,6 +480,44 @@ impl Session {
         }
     }
 
+    /// A [`Step::Check`] if modules are asked at `stage` and the MTA waits for our answer,
+    /// else what [`Self::continue_unless_nr`] says.
+    fn check_or_continue(&self, code: u8, stage: CheckStage, recipient: String) -> Step {
+        let early = self.limits.early_checks;
+        let asked = match stage {
+            CheckStage::Connect => early.connect,
+            CheckStage::Helo => early.helo,
+            CheckStage::Rcpt => early.rcpt,
+            CheckStage::Eom => false,
+        };
+        if !asked || self.negotiated.is_some_and(|n| n.no_reply(code)) {
+            return self.continue_unless_nr(code);
+        }
+        Step::Check(Box::new(EarlyCheck {
+            stage,
+            session: self.info.clone(),
+            sender: self
+                .transaction
+                .as_ref()
+                .map(|t| t.sender.clone())
+                .unwrap_or_default(),
+            recipient,
+        }))
+    }
+
+    /// The last RCPT was refused by a stage check: it leaves the recipients and is kept
+    /// among the refused ones with our reply, as Postfix's own refusals are (RCPT_REJ).
+    pub fn refuse_recipient(&mut self, reply: &str) {
+        if let Some(t) = self.transaction.as_mut()
+            && let Some(address) = t.recipients.pop()
+        {
+            t.rejected_recipients.push(RejectedRecipient {
+                address,
+                reason: reply.to_owned(),
+            });
+        }
+    }
+
     /// Back to [`Stage::Idle`] after the connection answered the end of message.
     pub fn finish_message(&mut self) {
         self.end_transaction();
@@ -520,6 +590,12 @@ pub const FUZZ_LIMITS: Limits = Limits {
     body_limit: 64,
     max_headers: 4,
     max_header_bytes: 256,
+    // asked everywhere, so the oracle sees CONNECT and HELO answered too
+    early_checks: EarlyChecks {
+        connect: true,
+        helo: true,
+        rcpt: true,
+    },
 };
 
 /// The session's fuzz oracle, called by `fuzz/fuzz_targets/milter_session.rs`: reads `data`
@@ -677,6 +753,23 @@ impl Checker {
                 self.session.finish_message();
                 self.judged += 1;
             }
+            (Step::Check(check), b'C' | b'H' | b'R')
+                if nr_bit.is_some_and(|bit| !no_reply(self.protocol, bit)) =>
+            {
+                let early = self.limits.early_checks;
+                let expected = match code {
+                    b'C' => (early.connect, CheckStage::Connect),
+                    b'H' => (early.helo, CheckStage::Helo),
+                    _ => (early.rcpt, CheckStage::Rcpt),
+                };
+                assert!(expected.0, "asked at a stage nobody listed");
+                assert_eq!(check.stage, expected.1);
+                // As a module might: refuse every other recipient.
+                if code == b'R' && self.n_recipients % 2 == 1 {
+                    self.session
+                        .refuse_recipient("550 5.7.1 refused by the oracle");
+                }
+            }
             (Step::NoReply, _) if nr_bit.is_some_and(|bit| no_reply(self.protocol, bit)) => {}
             (Step::Reply(Response::Continue), _)
                 if nr_bit.is_some_and(|bit| !no_reply(self.protocol, bit)) => {}
@@ -756,6 +849,11 @@ mod tests {
         body_limit: 10,
         max_headers: 2,
         max_header_bytes: 1000,
+        early_checks: EarlyChecks {
+            connect: false,
+            helo: false,
+            rcpt: false,
+        },
     };
 
     fn negotiated() -> Session {

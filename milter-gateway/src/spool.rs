@@ -8,6 +8,10 @@
 //!   the answer not yet sent;
 //! - `<uuid>.answered`: renamed once the MTA got the final answer.
 //!
+//! An event whose publishing waits for late results is rewritten in place the same way
+//! (`<uuid>.tmp`, then a `rename` over the `.event` or `.answered` file): a crash leaves the
+//! old event or the new one, never a mix.
+//!
 //! On start every `.event` and `.answered` file is replayed (the former marked unanswered).
 //! The file system is synced (`syncfs`) every few milliseconds by a background thread while
 //! events are written, for power loss;
@@ -204,6 +208,72 @@ impl Spool {
         }
     }
 
+    /// Replaces a written event by a new version of it (same message id), keeping its state
+    /// (`.event` or `.answered`): written to `<uuid>.tmp`, then renamed over it. Blocking file
+    /// I/O, like [`Spool::write_encoded`].
+    ///
+    /// # Errors
+    /// The event is no longer in the spool, the spool is full, or the disk refused the write;
+    /// the old event is then left as it was.
+    pub fn rewrite_encoded(
+        &self,
+        entry: &SpoolEntry,
+        json: &[u8],
+    ) -> Result<SpoolEntry, SpoolError> {
+        let id = entry.message_id;
+        let target = ["answered", "event"]
+            .into_iter()
+            .map(|kind| self.path(id, kind))
+            .find(|path| path.exists())
+            .ok_or_else(|| {
+                self.io_error(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{id} is no longer in the spool"),
+                ))
+            })?;
+        let size = (MAGIC.len() + json.len()) as u64;
+        let grow = size.saturating_sub(entry.size);
+        let used = self.inner.used.fetch_add(grow, Ordering::SeqCst) + grow;
+        if grow > 0 && used > self.inner.max_bytes {
+            self.inner.used.fetch_sub(grow, Ordering::SeqCst);
+            metrics::counter!("cluegetter_gateway_spool_full_total").increment(1);
+            return Err(SpoolError::Full {
+                dir: self.inner.dir.display().to_string(),
+                used: used - grow,
+                max: self.inner.max_bytes,
+            });
+        }
+        let tmp = self.path(id, "tmp");
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(MAGIC)?;
+            file.write_all(json)?;
+            fs::rename(&tmp, &target)
+        })();
+        match written {
+            Ok(()) => {
+                let _ = self.inner.fsync.try_send(());
+                let shrink = entry.size.saturating_sub(size);
+                self.inner.used.fetch_sub(shrink, Ordering::SeqCst);
+                metrics::gauge!("cluegetter_gateway_spool_bytes")
+                    .increment(size as f64 - entry.size as f64);
+                Ok(SpoolEntry {
+                    message_id: id,
+                    size,
+                })
+            }
+            Err(error) => {
+                let _ = fs::remove_file(&tmp);
+                self.inner.used.fetch_sub(grow, Ordering::SeqCst);
+                Err(self.io_error(error))
+            }
+        }
+    }
+
     /// Records that the MTA got its answer.
     pub fn mark_answered(&self, entry: &SpoolEntry) {
         let from = self.path(entry.message_id, "event");
@@ -371,6 +441,41 @@ mod tests {
             0,
             "tmp file cleaned, events removed"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rewritten_event_replaces_the_old_one_in_its_state_and_in_the_accounting() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        let mut e = event();
+        let entry = spool.write(&e).unwrap();
+        spool.mark_answered(&entry);
+        e.message.subject = "a much longer subject than before, with late results".into();
+        let json = wire::contract::encode(&e);
+        let rewritten = spool.rewrite_encoded(&entry, &json).unwrap();
+        assert_eq!(spool.used_bytes(), (MAGIC.len() + json.len()) as u64);
+        let back = spool.load(&rewritten).unwrap();
+        assert!(back.answered, "still answered");
+        assert_eq!(back.message.subject, e.message.subject);
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("{}.answered", e.message_id)],
+            "no tmp left"
+        );
+        drop(spool);
+        let (spool, replay) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(replay.len(), 1);
+        assert_eq!(replay[0].event.message.subject, e.message.subject);
+        spool.remove(&replay[0].entry);
+        assert_eq!(spool.used_bytes(), 0);
+        // gone: refused, nothing written
+        assert!(spool.rewrite_encoded(&rewritten, &json).is_err());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::contract::CheckStage;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -56,6 +57,7 @@ pub struct Config {
     pub bounce_ingest: BounceIngestConfig,
     /// `[module-groups.<name>]` with `<module> = <weight>` lines (ClueGetter's `[moduleGroup]`).
     pub module_groups: BTreeMap<String, BTreeMap<String, f64>>,
+    pub stage_checks: StageChecksConfig,
     pub quotas: QuotasConfig,
     pub rspamd: RspamdConfig,
     pub spamassassin: SpamAssassinConfig,
@@ -84,6 +86,7 @@ impl Default for Config {
             auditor: AuditorConfig::default(),
             bounce_ingest: BounceIngestConfig::default(),
             module_groups: BTreeMap::new(),
+            stage_checks: StageChecksConfig::default(),
             quotas: QuotasConfig::default(),
             rspamd: RspamdConfig::default(),
             spamassassin: SpamAssassinConfig::default(),
@@ -164,6 +167,26 @@ pub struct GatewayConfig {
     pub max_headers: usize,
     /// Bytes of header names and values kept per message.
     pub max_header_bytes: usize,
+    /// Bytes of the body put in the audit event for the archive (`message_body`); a longer
+    /// body is archived cut at this size and marked truncated. 0: no body in the event. No
+    /// body is sent either when `[auditor] archive-retention-body` is 0s. At most 64 MiB.
+    pub audit_body_max_size: usize,
+}
+
+impl GatewayConfig {
+    /// The largest `audit-body-max-size` (the event travels base64-encoded, one RabbitMQ
+    /// message and one spool file).
+    pub const AUDIT_BODY_MAX_SIZE_LIMIT: usize = 64 * 1024 * 1024;
+
+    /// Bytes of the body the audit event carries: `audit-body-max-size`, or 0 when bodies are
+    /// not archived (`[auditor] archive-retention-body = "0s"`, which this host's file says).
+    pub fn audit_body_limit(config: &Config) -> usize {
+        if config.auditor.archive_retention_body.is_zero() {
+            0
+        } else {
+            config.gateway.audit_body_max_size
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -180,6 +203,7 @@ impl Default for GatewayConfig {
             max_connections: 4096,
             max_headers: 1000,
             max_header_bytes: 1024 * 1024,
+            audit_body_max_size: 1024 * 1024,
         }
     }
 }
@@ -231,6 +255,36 @@ pub struct AuditorConfig {
     /// also means "kept for ever" where storing is concerned). ClueGetter's 1.01 weeks.
     #[serde(with = "humantime_serde")]
     pub archive_retention_safeguard: Duration,
+    /// The web interface and JSON API (plain HTTP: keep it on loopback or behind a TLS proxy).
+    pub web_listen: SocketAddr,
+    /// Give the session cookie the `Secure` flag (set it when a TLS proxy serves the UI).
+    pub web_cookie_secure: bool,
+    /// How long a login lasts.
+    #[serde(with = "humantime_serde")]
+    pub web_session_lifetime: Duration,
+    /// Who may log in: name and argon2 PHC hash (`auditor web hash-password`).
+    pub web_users: Vec<WebUser>,
+    /// Tokens for scripts (`Authorization: Bearer <token>`), stored as SHA-256 hex digests.
+    pub web_api_tokens: Vec<WebApiToken>,
+}
+
+/// A user of the auditor's web interface.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WebUser {
+    pub name: String,
+    /// Argon2 PHC string (`$argon2id$v=19$...`); never the password itself.
+    pub password_hash: String,
+}
+
+/// An API token of the auditor's web interface.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WebApiToken {
+    /// Who or what uses it (shown in the log).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token (`printf %s TOKEN | sha256sum`).
+    pub sha256: String,
 }
 
 /// One week, the unit of ClueGetter's `archive-retention-*` keys.
@@ -258,6 +312,11 @@ impl Default for AuditorConfig {
             archive_retention_body: WEEK * 2,
             // 1.01 weeks: 7 days, 1 h 40 min 48 s
             archive_retention_safeguard: Duration::from_secs(610_848),
+            web_listen: SocketAddr::from(([127, 0, 0, 1], 1937)),
+            web_cookie_secure: false,
+            web_session_lifetime: Duration::from_secs(8 * 3600),
+            web_users: Vec::new(),
+            web_api_tokens: Vec::new(),
         }
     }
 }
@@ -265,6 +324,23 @@ impl Default for AuditorConfig {
 impl AuditorConfig {
     /// ClueGetter's rule: messages are kept at least as long as any of their parts.
     fn validate(&self) -> Result<(), String> {
+        for user in &self.web_users {
+            if !user.password_hash.starts_with("$argon2") {
+                return Err(format!(
+                    "[auditor] web-users: the password-hash of {:?} is not an argon2 PHC string \
+                     (make one with `auditor web hash-password`)",
+                    user.name
+                ));
+            }
+        }
+        for token in &self.web_api_tokens {
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "[auditor] web-api-tokens: the sha256 of {:?} is not 64 hex digits",
+                    token.name
+                ));
+            }
+        }
         for (key, value) in [
             (
                 "archive-retention-message-result",
@@ -369,12 +445,70 @@ pub enum OnError {
 }
 
 /// The keys every check module has.
+/// `[stage-checks]`: modules also asked before end of message, at the stage where the answer
+/// is given on the spot (a reject at CONNECT refuses the client, at RCPT that one recipient).
+/// Every enabled module is asked at end of message regardless.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct StageChecksConfig {
+    pub connect: Vec<String>,
+    pub helo: Vec<String>,
+    pub rcpt: Vec<String>,
+}
+
+impl StageChecksConfig {
+    /// The modules asked at `stage` (none at end of message: that is every enabled module).
+    pub fn modules(&self, stage: CheckStage) -> &[String] {
+        match stage {
+            CheckStage::Connect => &self.connect,
+            CheckStage::Helo => &self.helo,
+            CheckStage::Rcpt => &self.rcpt,
+            CheckStage::Eom => &[],
+        }
+    }
+
+    /// The stages before end of message at which `module` is asked.
+    pub fn stages_of(&self, module: &str) -> Vec<CheckStage> {
+        [CheckStage::Connect, CheckStage::Helo, CheckStage::Rcpt]
+            .into_iter()
+            .filter(|stage| self.modules(*stage).iter().any(|m| m == module))
+            .collect()
+    }
+}
+
 pub trait ModuleSettings {
     fn enabled(&self) -> bool;
     fn timeout(&self) -> Duration;
     /// Bytes of the message the module gets; `None` for metadata-only modules.
     fn max_size(&self) -> Option<usize>;
     fn on_error(&self) -> OnError;
+}
+
+/// `impl ModuleSettings` for a module section with `enabled`, `timeout` and `on-error` keys;
+/// a `content` module also has `max-size` (the bytes of the message it gets).
+macro_rules! module_settings {
+    ($section:ty, $kind:ident) => {
+        impl ModuleSettings for $section {
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+            fn timeout(&self) -> Duration {
+                self.timeout
+            }
+            fn max_size(&self) -> Option<usize> {
+                module_settings!(@max_size self, $kind)
+            }
+            fn on_error(&self) -> OnError {
+                self.on_error
+            }
+        }
+    };
+    (@max_size $self:ident, content) => {
+        Some($self.max_size)
+    };
+    (@max_size $self:ident, metadata) => {
+        None
+    };
 }
 
 /// `[quotas]` (spec/modules.md §1): limits per factor value over trailing windows, counted
@@ -446,20 +580,7 @@ impl QuotasConfig {
     }
 }
 
-impl ModuleSettings for QuotasConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn max_size(&self) -> Option<usize> {
-        None
-    }
-    fn on_error(&self) -> OnError {
-        self.on_error
-    }
-}
+module_settings!(QuotasConfig, metadata);
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -489,20 +610,7 @@ impl Default for RspamdConfig {
     }
 }
 
-impl ModuleSettings for RspamdConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn max_size(&self) -> Option<usize> {
-        Some(self.max_size)
-    }
-    fn on_error(&self) -> OnError {
-        self.on_error
-    }
-}
+module_settings!(RspamdConfig, content);
 
 /// `[spamassassin]`: spamd over TCP (spec/modules.md §3). ClueGetter's `delay` is gone: the
 /// breaker lives in the gateway, which simply stops waiting.
@@ -542,20 +650,7 @@ impl Default for SpamAssassinConfig {
     }
 }
 
-impl ModuleSettings for SpamAssassinConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn max_size(&self) -> Option<usize> {
-        Some(self.max_size)
-    }
-    fn on_error(&self) -> OnError {
-        self.on_error
-    }
-}
+module_settings!(SpamAssassinConfig, content);
 
 /// One `verdict-msg` line, parsed: `RULE_NAME: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -699,20 +794,7 @@ impl Default for ClamavConfig {
     }
 }
 
-impl ModuleSettings for ClamavConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn max_size(&self) -> Option<usize> {
-        Some(self.max_size)
-    }
-    fn on_error(&self) -> OnError {
-        self.on_error
-    }
-}
+module_settings!(ClamavConfig, content);
 
 /// `[greylisting]` (spec/modules.md §2), its state in MariaDB (`[database]`), shared by every
 /// worker of the instance.
@@ -772,20 +854,7 @@ impl Default for GreylistingConfig {
     }
 }
 
-impl ModuleSettings for GreylistingConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn timeout(&self) -> Duration {
-        self.timeout
-    }
-    fn max_size(&self) -> Option<usize> {
-        None
-    }
-    fn on_error(&self) -> OnError {
-        self.on_error
-    }
-}
+module_settings!(GreylistingConfig, metadata);
 
 impl Config {
     /// The settings of a module by name, for the code that treats modules alike.
@@ -866,6 +935,16 @@ impl Config {
                 return Err(format!("[{module}] timeout must be longer than 0s"));
             }
         }
+        for stage in [CheckStage::Connect, CheckStage::Helo, CheckStage::Rcpt] {
+            for module in self.stage_checks.modules(stage) {
+                if !self.module(module).is_some_and(|s| s.enabled()) {
+                    return Err(format!(
+                        "[stage-checks] {stage}: `{module}` is not an enabled module (enabled: {})",
+                        self.enabled_modules().join(", ")
+                    ));
+                }
+            }
+        }
         self.validate_content_scanners()?;
         self.greylisting.validate()?;
         self.quotas.validate(self.gateway.message_deadline)?;
@@ -880,6 +959,13 @@ impl Config {
             return Err(
                 "[gateway] max-packet-size must be at least 65552 (a full body chunk)".into(),
             );
+        }
+        if self.gateway.audit_body_max_size > GatewayConfig::AUDIT_BODY_MAX_SIZE_LIMIT {
+            return Err(format!(
+                "[gateway] audit-body-max-size must be at most {} bytes (is {})",
+                GatewayConfig::AUDIT_BODY_MAX_SIZE_LIMIT,
+                self.gateway.audit_body_max_size
+            ));
         }
         Ok(())
     }
@@ -1120,6 +1206,21 @@ mod tests {
             }
         }
         walk("", &defaults, &example);
+    }
+
+    #[test]
+    fn stage_checks_name_enabled_modules() {
+        let mut config = Config::default();
+        config.stage_checks.rcpt = vec!["rspamd".to_owned()];
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.contains("[stage-checks] rcpt") && error.contains("rspamd"),
+            "{error}"
+        );
+        config.rspamd.enabled = true;
+        config.validate().unwrap();
+        assert_eq!(config.stage_checks.stages_of("rspamd"), [CheckStage::Rcpt]);
+        assert!(config.stage_checks.modules(CheckStage::Eom).is_empty());
     }
 
     #[test]
@@ -1397,6 +1498,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("connect-timeout"), "{err}");
+    }
+
+    #[test]
+    fn auditor_web_users_need_argon2_hashes_and_tokens_sha256_digests() {
+        let text = format!(
+            "[auditor]\n[[auditor.web-users]]\nname = \"pm\"\npassword-hash = \"$argon2id$x\"\n\
+             [[auditor.web-api-tokens]]\nname = \"cron\"\nsha256 = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let config = load_text(&text).unwrap();
+        assert_eq!(config.auditor.web_users[0].name, "pm");
+        assert_eq!(config.auditor.web_api_tokens[0].sha256, "ab".repeat(32));
+        let err = load_text(
+            "[auditor]\n[[auditor.web-users]]\nname = \"pm\"\npassword-hash = \"secret\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("argon2"), "{err}");
+        let err =
+            load_text("[auditor]\n[[auditor.web-api-tokens]]\nname = \"x\"\nsha256 = \"abc\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("64 hex"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,49 @@ pub enum Action {
     Quarantine,
 }
 
+/// The SMTP stage a check is asked at. Every enabled module is asked at end of message, where
+/// ClueGetter's verdict is made; `[stage-checks]` asks some of them earlier too, so that a client,
+/// a HELO name or one recipient can be refused on the spot (DESIGN.md "Where the verdict is made").
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStage {
+    /// The client connected: only the session is known.
+    Connect,
+    /// HELO/EHLO (again after STARTTLS): the session with its HELO name and TLS.
+    Helo,
+    /// One RCPT TO: the sender and this one recipient (`envelope.recipients` holds just it).
+    Rcpt,
+    /// End of message: everything.
+    #[default]
+    Eom,
+}
+
+impl CheckStage {
+    pub const ALL: [CheckStage; 4] = [
+        CheckStage::Connect,
+        CheckStage::Helo,
+        CheckStage::Rcpt,
+        CheckStage::Eom,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStage::Connect => "connect",
+            CheckStage::Helo => "helo",
+            CheckStage::Rcpt => "rcpt",
+            CheckStage::Eom => "eom",
+        }
+    }
+}
+
+impl fmt::Display for CheckStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Action {
     pub const ALL: [Action; 6] = [
         Action::Permit,
@@ -184,6 +227,12 @@ pub struct CheckRequest {
     #[serde(default)]
     pub content_truncated: bool,
     pub sent_at: DateTime<Utc>,
+    /// Where in the SMTP conversation the gateway asks. Before end of message `message_id` is
+    /// a fresh UUID per check (it is the reply's correlation id, and a late answer must never
+    /// pass for the message's own end-of-message result); the queue id, headers and content
+    /// are empty there.
+    #[serde(default)]
+    pub stage: CheckStage,
 }
 
 /// Header and envelope changes a module asks the gateway to apply at end of message.
@@ -275,7 +324,11 @@ pub struct AuditMessage {
     /// MD5 of the body, lower-case hex (ClueGetter's `body_hash`).
     #[serde(default)]
     pub body_hash: String,
-    /// The body as kept, when body storage is on.
+    /// The body for the archive, when body archiving is on (the gateway's
+    /// `audit-body-max-size` > 0 and `archive-retention-body` > 0): its first bytes, at most
+    /// `audit-body-max-size`. Shorter than `body_size` when it was cut there
+    /// ([`AuditMessage::body_truncated`]); `body_size` and `body_hash` are always the whole
+    /// body's.
     #[serde(default, with = "base64_opt", skip_serializing_if = "Option::is_none")]
     pub body: Option<Vec<u8>>,
     /// The `Message-ID` header's value (the one the gateway inserted, if it had to).
@@ -283,6 +336,15 @@ pub struct AuditMessage {
     pub message_id_header: String,
     #[serde(default)]
     pub subject: String,
+}
+
+impl AuditMessage {
+    /// True when the event carries a body that is only the first part of the message's body.
+    pub fn body_truncated(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_some_and(|body| (body.len() as u64) < self.body_size)
+    }
 }
 
 /// The verdict part of an audit event, with the arithmetic that made it.
@@ -313,7 +375,11 @@ pub struct AuditResult {
     #[serde(flatten)]
     pub result: CheckResult,
     pub weighted_score: f64,
-    /// Arrived after the verdict was made (breaker fired or deadline passed).
+    /// Arrived after the verdict was made (the breaker fired, or the message deadline passed
+    /// before the module's own timeout): recorded, but it did not count, so its
+    /// `weighted_score` is 0 and the verdict's totals leave it out. A module the deadline cut
+    /// counted as an error; its late result replaces that error result and keeps the error's
+    /// text under `determinants.counted_as`.
     #[serde(default)]
     pub late: bool,
 }
@@ -727,7 +793,21 @@ mod tests {
             content: Some(b"Received: x\r\n\r\nbody\0\xff".to_vec()),
             content_truncated: true,
             sent_at: Utc::now(),
+            stage: CheckStage::Rcpt,
         }
+    }
+
+    #[test]
+    fn a_request_without_a_stage_is_for_end_of_message() {
+        // what a gateway from before `[stage-checks]` sends
+        let mut json = serde_json::to_value(sample_request()).unwrap();
+        json.as_object_mut().unwrap().remove("stage");
+        let back: CheckRequest = serde_json::from_value(json).unwrap();
+        assert_eq!(back.stage, CheckStage::Eom);
+        assert_eq!(
+            serde_json::to_value(CheckStage::Connect).unwrap(),
+            serde_json::json!("connect")
+        );
     }
 
     #[test]

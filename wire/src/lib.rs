@@ -14,6 +14,6 @@ pub mod telemetry;
 
 pub use contract::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, BounceEvent, BounceId,
-    BounceSource, CheckRequest, CheckResult, DeliveryReport, Envelope, Header, MessageId,
-    MilterChanges, RejectedRecipient, SessionInfo, TlsInfo, WIRE_VERSION,
+    BounceSource, CheckRequest, CheckResult, CheckStage, DeliveryReport, Envelope, Header,
+    MessageId, MilterChanges, RejectedRecipient, SessionInfo, TlsInfo, WIRE_VERSION,
 };

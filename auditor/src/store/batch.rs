@@ -368,10 +368,10 @@ async fn insert_messages(
     let size = |event: &&AuditEvent| {
         let message = &event.message;
         let verdict = &event.verdict;
-        24 * PARAM
+        25 * PARAM
             + 2 * 17
             + 10 * 8
-            + 27
+            + 28
             + [
                 &message.queue_id,
                 &event.session.mta_hostname,
@@ -392,7 +392,7 @@ async fn insert_messages(
                  body_hash, messageId, subject, sender_local, sender_domain, rcpt_count, verdict, \
                  applied, verdict_msg, rejectScore, rejectScoreThreshold, tempfailScore, \
                  tempfailScoreThreshold, noop, whitelisted, failure, answered, \
-                 headers_truncated) ",
+                 headers_truncated, body_truncated) ",
         );
         query.push_values(chunk, |mut row, event| {
             let message = &event.message;
@@ -429,7 +429,8 @@ async fn insert_messages(
                         .map(|f| truncate_utf8_bytes(f, TEXT_BYTES).to_owned()),
                 )
                 .push_bind(event.answered)
-                .push_bind(headers_truncated);
+                .push_bind(headers_truncated)
+                .push_bind(message.body_truncated());
         });
         execute(conn, query).await?;
     }

@@ -102,7 +102,7 @@ impl BouncePublisher {
 }
 
 /// A Postfix-like report about one failed recipient; the join keys are set by the caller.
-fn bounce(date: DateTime<Utc>) -> BounceEvent {
+pub fn bounce(date: DateTime<Utc>) -> BounceEvent {
     BounceEvent {
         version: WIRE_VERSION,
         instance: "default".into(),

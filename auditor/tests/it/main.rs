@@ -7,6 +7,7 @@
 mod archive;
 mod bounces;
 mod broker_loss;
+mod browser;
 mod database_down;
 mod dead_letters;
 mod idempotence;
@@ -14,3 +15,4 @@ mod migrations;
 mod poison;
 mod prune;
 mod support;
+mod web;

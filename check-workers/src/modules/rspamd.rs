@@ -275,6 +275,7 @@ mod tests {
             content: Some(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
             content_truncated: false,
             sent_at: Utc::now(),
+            stage: wire::CheckStage::Eom,
         }
     }
 

@@ -73,6 +73,7 @@ pub fn request(module: &str, content: Option<Vec<u8>>) -> CheckRequest {
         content,
         content_truncated: false,
         sent_at: Utc::now(),
+        stage: wire::CheckStage::Eom,
     }
 }
 

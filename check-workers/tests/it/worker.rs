@@ -228,6 +228,18 @@ async fn module_errors_timeouts_and_panics_become_error_results() {
     assert!((0.3..1.0).contains(&hang_duration), "{hang_duration}");
     assert_eq!(by_behaviour["ok"].action, Action::Permit);
 
+    // asked at a stage the module does not check at: an error result, the module not called
+    let mut early = standin_request("panic");
+    early.stage = wire::CheckStage::Connect;
+    gateway.send(&early).await;
+    let (correlation_id, result) = gateway.next_reply(REPLY_WITHIN).await;
+    assert_eq!(correlation_id, early.message_id.to_string());
+    assert_eq!(result.action, Action::Error);
+    assert_eq!(
+        result.determinants["error"].as_str(),
+        Some("standin does not check at stage connect")
+    );
+
     // and the worker goes on
     let after = standin_request("ok");
     gateway.send(&after).await;

@@ -77,6 +77,19 @@ pub const WANTED_PROTOCOL: u32 = protocol::NR_CONN
     | protocol::NR_BODY
     | protocol::RCPT_REJ;
 
+/// [`WANTED_PROTOCOL`] less the no-reply flags of the stages where modules are asked
+/// (`[stage-checks]`): there the MTA must wait for our answer. RCPT is always answered.
+pub fn wanted_protocol(connect_checks: bool, helo_checks: bool) -> u32 {
+    let mut wanted = WANTED_PROTOCOL;
+    if connect_checks {
+        wanted &= !protocol::NR_CONN;
+    }
+    if helo_checks {
+        wanted &= !protocol::NR_HELO;
+    }
+    wanted
+}
+
 /// The macros we ask for, per stage (Postfix sends only what a stage can know; see MILTER.md).
 pub const MACROS: &[(u32, &str)] = &[
     (
@@ -108,10 +121,20 @@ pub struct Negotiated {
 
 impl Negotiated {
     pub fn from_offer(version: u32, offered_actions: u32, offered_protocol: u32) -> Self {
+        Self::from_offer_wanting(version, offered_actions, offered_protocol, WANTED_PROTOCOL)
+    }
+
+    /// As [`Self::from_offer`], asking for `wanted` protocol flags ([`wanted_protocol`]).
+    pub fn from_offer_wanting(
+        version: u32,
+        offered_actions: u32,
+        offered_protocol: u32,
+        wanted: u32,
+    ) -> Self {
         Self {
             version: version.min(VERSION),
             actions: offered_actions & WANTED_ACTIONS,
-            protocol: offered_protocol & WANTED_PROTOCOL,
+            protocol: offered_protocol & wanted,
         }
     }
 
@@ -151,6 +174,24 @@ mod tests {
 
     /// Postfix 3.7's offer (PEERS.md §4).
     const POSTFIX: (u32, u32, u32) = (6, 0x1ff, 0x1f_ffff);
+
+    #[test]
+    fn stage_checks_make_the_mta_wait_for_our_answer() {
+        let wanted = wanted_protocol(true, false);
+        let n = Negotiated::from_offer_wanting(POSTFIX.0, POSTFIX.1, POSTFIX.2, wanted);
+        assert!(!n.no_reply(b'C'));
+        assert!(n.no_reply(b'H'));
+        assert!(!n.no_reply(b'R'));
+        let n = Negotiated::from_offer_wanting(
+            POSTFIX.0,
+            POSTFIX.1,
+            POSTFIX.2,
+            wanted_protocol(false, true),
+        );
+        assert!(n.no_reply(b'C'));
+        assert!(!n.no_reply(b'H'));
+        assert_eq!(wanted_protocol(false, false), WANTED_PROTOCOL);
+    }
 
     #[test]
     fn against_postfix_we_get_what_we_want() {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use wire::config::Config;
-use wire::{Action, CheckRequest, CheckResult, Header, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult, CheckStage, Header, MilterChanges, WIRE_VERSION};
 
 /// Whether the gateway sends the `changes` of the check results (SMFIR_ADDHEADER,
 /// SMFIR_CHGHEADER, SMFIR_CHGFROM, SMFIR_ADDRCPT, SMFIR_DELRCPT) before its final reply at end
@@ -27,10 +27,6 @@ pub const EOM_CHANGES_APPLIED: bool = true;
 /// quarantine verdict, so that the gateway sends SMFIR_QUARANTINE and Postfix holds the
 /// message (verdict.rs `decide`). `false` asserts that the message passes instead.
 pub const QUARANTINE_VERDICT: bool = true;
-
-/// FIXME(per-stage checks): the gateway negotiates SMFIP_NR_CONN/NR_HELO and answers every
-/// RCPT with continue; connect, HELO and per-recipient verdicts are planned features.
-pub const PER_STAGE_CHECKS: bool = false;
 
 /// The text the worker gives with a reject, and with a tempfail.
 pub const REJECT_REASON: &str = "Rejected by the test worker";
@@ -85,21 +81,7 @@ impl Gateway {
     /// Waits until a message gets a verdict from the worker (the broker link is up), by
     /// sending `permit@ready.test` messages until one is answered with continue.
     pub async fn wait_until_ready(&self) {
-        let addr = self.addr;
-        test_support::eventually(
-            Duration::from_secs(30),
-            "the gateway's broker link",
-            || async move {
-                let mut mta = Mta::connect(addr).await;
-                mta.client().await;
-                let replies = mta
-                    .message("permit@ready.test", &["rcpt@mailbox.test"], "READYQID")
-                    .await;
-                (replies.last() == Some(&Response::Continue)).then_some(())
-            },
-        )
-        .await
-        .unwrap();
+        wait_until_ready(self.addr).await;
     }
 
     pub async fn stop(mut self) {
@@ -123,14 +105,46 @@ impl Drop for Gateway {
     }
 }
 
-/// What the worker answers for a request, by the envelope sender's local part.
+/// The client name refused at CONNECT, the HELO name deferred at HELO and the recipient local
+/// part refused at RCPT when the gateway asks at those stages (`[stage-checks]`).
+pub const BLOCKED_CLIENT: &str = "blocked.example.net";
+pub const DEFERRED_HELO: &str = "tempfail.invalid";
+pub const REFUSED_RECIPIENT: &str = "reject-me";
+
+/// [`config`] with `rspamd` asked at CONNECT, HELO and RCPT too.
+pub fn staged_config(broker_url: &str) -> Config {
+    let mut config = config(broker_url);
+    let rspamd = vec!["rspamd".to_owned()];
+    config.stage_checks.connect = rspamd.clone();
+    config.stage_checks.helo = rspamd.clone();
+    config.stage_checks.rcpt = rspamd;
+    config
+}
+
+/// What the worker answers for a request: before end of message by the client name, HELO
+/// name or recipient ([`BLOCKED_CLIENT`], [`DEFERRED_HELO`], [`REFUSED_RECIPIENT`]), at end of
+/// message by the envelope sender's local part.
 pub fn answer(request: &CheckRequest) -> (Duration, CheckResult) {
-    let local = request
-        .envelope
-        .sender
-        .split('@')
-        .next()
-        .unwrap_or_default();
+    let local = match request.stage {
+        CheckStage::Connect if request.session.client_name == BLOCKED_CLIENT => "reject",
+        CheckStage::Helo if request.session.helo == DEFERRED_HELO => "tempfail",
+        CheckStage::Rcpt
+            if request
+                .envelope
+                .recipients
+                .iter()
+                .any(|r| r.split('@').next() == Some(REFUSED_RECIPIENT)) =>
+        {
+            "reject"
+        }
+        CheckStage::Connect | CheckStage::Helo | CheckStage::Rcpt => "permit",
+        CheckStage::Eom => request
+            .envelope
+            .sender
+            .split('@')
+            .next()
+            .unwrap_or_default(),
+    };
     let mut result = CheckResult {
         version: WIRE_VERSION,
         message_id: request.message_id,
@@ -242,13 +256,24 @@ impl Worker {
             .collect()
     }
 
-    /// The requests seen so far for messages from `sender`.
+    /// The end-of-message requests seen so far for messages from `sender`.
     pub fn requests_from(&self, sender: &str) -> Vec<CheckRequest> {
         self.requests
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.envelope.sender == sender)
+            .filter(|r| r.stage == CheckStage::Eom && r.envelope.sender == sender)
+            .cloned()
+            .collect()
+    }
+
+    /// The requests seen so far at `stage`.
+    pub fn requests_at(&self, stage: CheckStage) -> Vec<CheckRequest> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.stage == stage)
             .cloned()
             .collect()
     }
@@ -370,8 +395,15 @@ impl Mta {
         assert!(replies.is_empty());
     }
 
-    /// CONNECT and HELO, as Postfix sends them (no reply: NR_CONN, NR_HELO).
+    /// CONNECT and HELO, as Postfix sends them (no reply: NR_CONN, NR_HELO; or continue).
     pub async fn client(&mut self) {
+        let (connect, helo) = self.try_client().await;
+        assert!(answered(&connect), "CONNECT: {connect:?}");
+        assert!(answered(&helo), "HELO: {helo:?}");
+    }
+
+    /// CONNECT and HELO; the replies to each.
+    pub async fn try_client(&mut self) -> (Vec<Response>, Vec<Response>) {
         self.macros(
             b'C',
             &[
@@ -381,7 +413,7 @@ impl Mta {
             ],
         )
         .await;
-        let replies = self
+        let connect = self
             .send(Command::Connect {
                 hostname: "client.example.org".into(),
                 family: Family::Inet,
@@ -389,13 +421,9 @@ impl Mta {
                 address: "192.0.2.10".into(),
             })
             .await;
-        assert!(replies.is_empty(), "CONNECT: {replies:?}");
         self.macros(b'H', &[]).await;
-        assert!(
-            self.send(Command::Helo("client.example.org".into()))
-                .await
-                .is_empty()
-        );
+        let helo = self.send(Command::Helo("client.example.org".into())).await;
+        (connect, helo)
     }
 
     /// MAIL and RCPTs; each RCPT must get continue.
@@ -492,4 +520,221 @@ async fn next(framed: &mut Framed<TcpStream, MtaCodec>) -> Response {
         Ok(Some(Ok(response))) => response,
         other => panic!("no reply from the gateway: {other:?}"),
     }
+}
+
+/// A check worker for one module that answers permit at once, except for messages whose
+/// envelope sender is in the domain [`HELD_DOMAIN`]: those it holds until the test calls
+/// [`HeldWorker::release`] (a module slower than the verdict, without guessing how slow).
+pub struct HeldWorker {
+    seen: Arc<Mutex<Vec<CheckRequest>>>,
+    release: Arc<tokio::sync::Notify>,
+    released: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+    _connection: lapin::Connection,
+}
+
+/// The sender domain whose requests [`HeldWorker`] holds.
+pub const HELD_DOMAIN: &str = "held.test";
+/// What [`HeldWorker`] answers for a held message once released.
+pub const HELD_SCORE: f64 = 1.5;
+pub const HELD_MESSAGE: &str = "Answered after the verdict";
+
+impl HeldWorker {
+    pub async fn start(broker_url: &str, module: &str) -> HeldWorker {
+        let connection = wire::broker::connect(broker_url, "milter-gateway it held worker")
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        wire::broker::declare_check_topology(&channel, module)
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                wire::broker::check_queue(module).as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        let (requests, stop) = (seen.clone(), shutdown.clone());
+        let (release_rx, released_rx) = (release.clone(), released.clone());
+        tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    () = stop.cancelled() => return,
+                    delivery = consumer.next() => match delivery {
+                        Some(Ok(delivery)) => delivery,
+                        _ => return,
+                    },
+                };
+                let request: CheckRequest = wire::contract::decode(&delivery.data).unwrap();
+                requests.lock().unwrap().push(request.clone());
+                let channel = channel.clone();
+                let (release, released) = (release_rx.clone(), released_rx.clone());
+                tokio::spawn(async move {
+                    let mut result = CheckResult {
+                        version: WIRE_VERSION,
+                        message_id: request.message_id,
+                        module: request.module.clone(),
+                        action: Action::Permit,
+                        score: 0.0,
+                        message: String::new(),
+                        determinants: serde_json::json!({ "worker": "held" }),
+                        duration: 0.001,
+                        changes: MilterChanges::default(),
+                    };
+                    if request
+                        .envelope
+                        .sender
+                        .ends_with(&format!("@{HELD_DOMAIN}"))
+                    {
+                        // wait for the release, without missing one that came first
+                        loop {
+                            let notified = release.notified();
+                            if released.load(std::sync::atomic::Ordering::SeqCst) {
+                                break;
+                            }
+                            notified.await;
+                        }
+                        result.score = HELD_SCORE;
+                        result.message = HELD_MESSAGE.to_owned();
+                    }
+                    reply(&channel, &delivery, &result).await;
+                });
+            }
+        });
+        HeldWorker {
+            seen,
+            release,
+            released,
+            shutdown,
+            _connection: connection,
+        }
+    }
+
+    /// Whether a request for a message from `sender` arrived.
+    pub fn saw(&self, sender: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.envelope.sender == sender)
+    }
+
+    /// Answers every held request, and every later one at once.
+    pub fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
+}
+
+impl Drop for HeldWorker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The audit events the gateway publishes, read from `cluegetter.audit.archive` on the test's
+/// vhost (no auditor runs in these tests).
+pub struct AuditTap {
+    consumer: lapin::Consumer,
+    _connection: lapin::Connection,
+}
+
+impl AuditTap {
+    pub async fn start(broker_url: &str) -> AuditTap {
+        let connection = wire::broker::connect(broker_url, "milter-gateway it audit tap")
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        wire::broker::declare_audit_topology(&channel)
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                wire::broker::AUDIT_QUEUE.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        AuditTap {
+            consumer,
+            _connection: connection,
+        }
+    }
+
+    /// The next event of the message with this queue id published within `within`, others
+    /// skipped; `None` if none came.
+    pub async fn next_for(&mut self, queue_id: &str, within: Duration) -> Option<wire::AuditEvent> {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            let delivery = tokio::time::timeout_at(end, self.consumer.next())
+                .await
+                .ok()??;
+            let event: wire::AuditEvent = wire::contract::decode(&delivery.unwrap().data).unwrap();
+            if event.message.queue_id == queue_id {
+                return Some(event);
+            }
+        }
+    }
+}
+
+/// The audit events in a gateway's spool directory now, with their file names.
+pub fn spooled(dir: &std::path::Path) -> Vec<(String, wire::AuditEvent)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.ends_with(".event") || name.ends_with(".answered")) {
+                return None;
+            }
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let json = bytes.strip_prefix(b"cluegetter-spool 1\n".as_slice())?;
+            Some((name, wire::contract::decode(json).ok()?))
+        })
+        .collect()
+}
+
+/// What CONNECT and HELO get: nothing (NR_CONN, NR_HELO), or continue when the gateway asks
+/// modules there ([stage-checks]).
+fn answered(replies: &[Response]) -> bool {
+    replies.is_empty() || replies == [Response::Continue]
+}
+
+/// Waits until a message gets a verdict (the gateway's broker link is up), by sending
+/// `permit@ready.test` messages until one is answered with continue.
+pub async fn wait_until_ready(addr: SocketAddr) {
+    test_support::eventually(
+        Duration::from_secs(30),
+        "the gateway's broker link",
+        || async move {
+            let mut mta = Mta::connect(addr).await;
+            // a gateway with [stage-checks] answers CONNECT and HELO with the fail action until
+            // its broker link is up
+            let (connect, helo) = mta.try_client().await;
+            if !answered(&connect) || !answered(&helo) {
+                return None;
+            }
+            let replies = mta
+                .message("permit@ready.test", &["rcpt@mailbox.test"], "READYQID")
+                .await;
+            (replies.last() == Some(&Response::Continue)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }

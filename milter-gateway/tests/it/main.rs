@@ -11,14 +11,18 @@
 //! Needs RabbitMQ (with the management API), Postfix, swaks and miltertest:
 //! `scripts/start-peers.sh rabbitmq postfix tools`.
 //!
-//! Features the gateway gained while these tests were written, or has yet to gain, sit behind
-//! the flags in [`helpers`] (`EOM_CHANGES_APPLIED`, `QUARANTINE_VERDICT`: on;
-//! `PER_STAGE_CHECKS`: off, with its FIXME). Off, a flag's tests assert today's behaviour, so
-//! that the change which adds the feature must flip it and get the real tests.
+//! Features the gateway gained while these tests were written sit behind the flags in
+//! [`helpers`] (`EOM_CHANGES_APPLIED`, `QUARANTINE_VERDICT`: on). Off, a flag's tests assert
+//! the behaviour without the feature. Checks before end of message (`[stage-checks]`) are
+//! exercised with [`helpers::staged_config`]: the worker then answers by client name, HELO
+//! name and recipient as well.
 
 #![allow(clippy::unwrap_used)]
 
+mod audit_body;
+mod drain;
 mod helpers;
+mod late;
 mod miltertest;
 mod postfix;
 mod protocol;

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use milter_gateway::milter::{Command, Family, Response};
 use test_support::TestBroker;
+use wire::CheckStage;
 
 use crate::helpers::*;
 
@@ -61,6 +63,99 @@ async fn run(case: &Case, port: u16) -> (bool, String) {
     (output.status.success(), printed)
 }
 
+/// Runs the cases in turn; the descriptions of those that did not end as expected.
+async fn run_all(cases: &[Case], port: u16) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for case in cases {
+        let (passed, printed) = run(case, port).await;
+        eprintln!(
+            "miltertest {} {:?}: {} (expected {}) {}\n{printed}",
+            case.script,
+            case.defines,
+            if passed { "passed" } else { "failed" },
+            if case.passes { "pass" } else { "fail" },
+            case.fixme
+        );
+        if passed != case.passes {
+            wrong.push(format!("{} {:?}: {printed}", case.script, case.defines));
+        }
+    }
+    wrong
+}
+
+/// With `[stage-checks]` the module is asked at CONNECT, HELO and RCPT, and its answer is
+/// given there: the blocked client is refused, the HELO deferred, one recipient of two refused
+/// while the message goes on for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_checks_answer_at_their_stage() {
+    let broker = TestBroker::new().unwrap();
+    let worker = Worker::start(&broker.url).await;
+    let gateway = Gateway::start(staged_config(&broker.url)).await;
+    gateway.wait_until_ready().await;
+    let cases = [
+        case("connect-reject.lua", &[], true, ""),
+        case("helo-tempfail.lua", &[], true, ""),
+        case("rcpt-reject.lua", &[], true, ""),
+    ];
+    let wrong = run_all(&cases, gateway.addr.port()).await;
+    assert!(
+        wrong.is_empty(),
+        "scripts that did not end as expected:\n{}",
+        wrong.join("\n")
+    );
+
+    // the exact replies: no queue id exists before DATA, so none is quoted
+    let mut mta = Mta::connect(gateway.addr).await;
+    let replies = mta
+        .send(Command::Connect {
+            hostname: BLOCKED_CLIENT.into(),
+            family: Family::Inet,
+            port: Some(40_001),
+            address: "192.0.2.66".into(),
+        })
+        .await;
+    assert_eq!(
+        replies,
+        [Response::ReplyCode(format!("550 5.7.1 {REJECT_REASON}"))]
+    );
+    let mut mta = Mta::connect(gateway.addr).await;
+    mta.client().await;
+    let replies = mta.send(Command::Helo(DEFERRED_HELO.into())).await;
+    assert_eq!(
+        replies,
+        [Response::ReplyCode(format!("451 4.7.1 {TEMPFAIL_REASON}"))]
+    );
+
+    let at_connect = worker.requests_at(CheckStage::Connect);
+    assert!(
+        at_connect
+            .iter()
+            .any(|r| r.session.client_name == BLOCKED_CLIENT && r.envelope.sender.is_empty()),
+        "{at_connect:?}"
+    );
+    let at_helo = worker.requests_at(CheckStage::Helo);
+    assert!(at_helo.iter().any(|r| r.session.helo == DEFERRED_HELO));
+    // one request per recipient, each about that recipient alone, with the sender
+    let at_rcpt: Vec<Vec<String>> = worker
+        .requests_at(CheckStage::Rcpt)
+        .into_iter()
+        .filter(|r| r.envelope.sender == "permit@example.org")
+        .map(|r| r.envelope.recipients)
+        .collect();
+    assert_eq!(
+        at_rcpt,
+        [
+            vec!["ok@mailbox.test".to_owned()],
+            vec!["reject-me@mailbox.test".to_owned()]
+        ]
+    );
+    // at end of message the refused recipient is gone from the envelope
+    let eom = worker.requests_from("permit@example.org");
+    assert_eq!(eom.len(), 1, "{eom:?}");
+    assert_eq!(eom[0].envelope.recipients, ["ok@mailbox.test"]);
+    gateway.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_script_ends_as_expected() {
     let broker = TestBroker::new().unwrap();
@@ -69,18 +164,13 @@ async fn every_script_ends_as_expected() {
     gateway.wait_until_ready().await;
     let port = gateway.addr.port();
 
-    let stage = PER_STAGE_CHECKS;
     let changes = EOM_CHANGES_APPLIED;
-    let stage_fixme = "FIXME(per-stage checks): NR_CONN/NR_HELO negotiated, RCPT always continue";
     let cases = vec![
-        // today's behaviour at each stage: continue, without waiting for a reply that never comes
-        case("connect-reject.lua", &[("expect", "continue")], !stage, ""),
-        case("helo-tempfail.lua", &[("expect", "continue")], !stage, ""),
-        case("rcpt-reject.lua", &[("expect", "continue")], !stage, ""),
-        // the goals
-        case("connect-reject.lua", &[], stage, stage_fixme),
-        case("helo-tempfail.lua", &[], stage, stage_fixme),
-        case("rcpt-reject.lua", &[], stage, stage_fixme),
+        // without [stage-checks] nothing is asked before end of message: CONNECT and HELO are
+        // negotiated as no-reply, RCPT continues (the stage cases with checks are below)
+        case("connect-reject.lua", &[("expect", "continue")], true, ""),
+        case("helo-tempfail.lua", &[("expect", "continue")], true, ""),
+        case("rcpt-reject.lua", &[("expect", "continue")], true, ""),
         case("eom-reject.lua", &[("reason", REJECT_REASON)], true, ""),
         case("eom-tempfail.lua", &[("reason", TEMPFAIL_REASON)], true, ""),
         case(
@@ -114,21 +204,7 @@ async fn every_script_ends_as_expected() {
         case("progress.lua", &[("wait", "1")], true, ""),
     ];
 
-    let mut wrong = Vec::new();
-    for case in &cases {
-        let (passed, printed) = run(case, port).await;
-        eprintln!(
-            "miltertest {} {:?}: {} (expected {}) {}\n{printed}",
-            case.script,
-            case.defines,
-            if passed { "passed" } else { "failed" },
-            if case.passes { "pass" } else { "fail" },
-            case.fixme
-        );
-        if passed != case.passes {
-            wrong.push(format!("{} {:?}: {printed}", case.script, case.defines));
-        }
-    }
+    let wrong = run_all(&cases, port).await;
     assert!(
         wrong.is_empty(),
         "scripts that did not end as expected:\n{}",

@@ -259,3 +259,47 @@ async fn with_the_broker_down_postfix_answers_451() {
     drop(instance);
     gateway.stop().await;
 }
+
+/// `[stage-checks] rcpt`: Postfix refuses the one recipient the module refuses, with our
+/// reply, and delivers the message to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_refused_at_rcpt_is_refused_alone() {
+    let broker = TestBroker::new().unwrap();
+    let _worker = Worker::start(&broker.url).await;
+    let gateway = Gateway::start(staged_config(&broker.url)).await;
+    gateway.wait_until_ready().await;
+    let instance = PostfixInstance::start(gateway.addr, &PostfixOptions::default()).unwrap();
+    let subject = format!("it rcpt {}", uuid::Uuid::now_v7().simple());
+    let args = [
+        "--from".to_owned(),
+        "permit@example.org".to_owned(),
+        "--to".to_owned(),
+        format!("ok@mailbox.test,{REFUSED_RECIPIENT}@mailbox.test"),
+        "--header".to_owned(),
+        format!("Subject: {subject}"),
+    ];
+    let port = instance.port;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        swaks(port, &args).unwrap()
+    })
+    .await
+    .unwrap();
+    let transcript = &outcome.transcript;
+    assert!(
+        transcript.contains(&format!("550 5.7.1 {REJECT_REASON}")),
+        "{transcript}"
+    );
+    let reply = data_reply(&outcome);
+    assert!(reply.starts_with("250 "), "{reply}\n{transcript}");
+    let line = wait_for_log(&instance, "the refusal in the log", "milter-reject: RCPT").await;
+    assert!(line.contains(REFUSED_RECIPIENT), "{line}");
+    let message = eventually(Duration::from_secs(20), "the delivery", || async {
+        delivered(&instance, &subject)
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("ok@mailbox.test"), "{message}");
+    drop(instance);
+    gateway.stop().await;
+}

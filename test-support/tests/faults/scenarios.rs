@@ -235,9 +235,10 @@ fn metrics_note(gateway: &Process, auditor: &Process) -> String {
     let g = |name: &str| gateway.metric(name).unwrap_or(-1.0);
     let a = |name: &str| auditor.metric(name).unwrap_or(-1.0);
     format!(
-        "last gateway: spooled {} confirmed {} replayed {} publish-retries {}; \
+        "last gateway: spooled {} published {} confirmed {} replayed {} publish-retries {}; \
          last auditor: committed {} duplicates-skipped {} batch-failures {} dead-lettered {}",
         g("cluegetter_gateway_spooled_total"),
+        g("cluegetter_gateway_audit_published_total"),
         g("cluegetter_gateway_audit_confirmed_total"),
         g("cluegetter_gateway_audit_replayed_total"),
         g("cluegetter_gateway_audit_publish_retries_total"),

@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod archive_body;
 mod bounces;
 mod clamav;
 mod gateway_behaviour;
 mod greylisting;
+mod late_results;
 mod quotas;
 mod spine;
 

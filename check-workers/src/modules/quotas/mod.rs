@@ -478,6 +478,7 @@ mod tests {
             content: None,
             content_truncated: false,
             sent_at: Utc::now(),
+            stage: wire::CheckStage::Eom,
         }
     }
 

@@ -1,0 +1,453 @@
+//! Bounces: `/bounces` lists delivery-report recipients (filter by recipient address or
+//! domain, status code prefix, date range, unlinked only), `/bounces/{id}` shows one report
+//! with its recipients, its link to the message and the raw report. JSON twins under
+//! `/api/v1/bounces`. Reads `bounce` and `bounce_report` (schema/0004), bind parameters only.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{MySql, QueryBuilder};
+use uuid::Uuid;
+
+use super::api::{Nav, fmt_date, fmt_opt_date, lossy};
+use super::auth::Identity;
+use super::search::{AddressFilter, free_text, like_escape, parse_paging, parse_range};
+use super::{AppState, WebError};
+
+/// Most raw report bytes shown.
+const RAW_SHOWN: usize = 256 * 1024;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BounceParams {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub recipient: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub to: String,
+    /// `1`: only reports not linked to a message
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unlinked: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub page: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub per_page: String,
+}
+
+struct BounceFilter {
+    recipient: Option<AddressFilter>,
+    status: Option<String>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    unlinked: bool,
+    page: u32,
+    per_page: u32,
+}
+
+impl BounceFilter {
+    fn parse(params: &BounceParams) -> Result<Self, WebError> {
+        let status = free_text("status", &params.status)?;
+        if let Some(status) = &status
+            && (status.len() > 16 || !status.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        {
+            return Err(WebError::BadRequest(format!(
+                "status: {status:?} is not a status code or its start (5, 5.1, 4.7.1)"
+            )));
+        }
+        let unlinked = match params.unlinked.trim() {
+            "" | "0" => false,
+            "1" | "on" | "true" => true,
+            other => {
+                return Err(WebError::BadRequest(format!(
+                    "unlinked: {other:?} is not 1 or 0"
+                )));
+            }
+        };
+        let (from, to) = parse_range(&params.from, &params.to)?;
+        let (page, per_page) = parse_paging(&params.page, &params.per_page)?;
+        Ok(Self {
+            recipient: free_text("recipient", &params.recipient)?
+                .and_then(|text| AddressFilter::parse(&text)),
+            status,
+            from,
+            to,
+            unlinked,
+            page,
+            per_page,
+        })
+    }
+
+    fn query(&self) -> QueryBuilder<MySql> {
+        let mut q = QueryBuilder::new(
+            "SELECT b.id, b.date, b.message, CAST(b.link AS CHAR) AS link, \
+             CAST(b.kind AS CHAR) AS kind, CAST(b.parse_status AS CHAR) AS parse_status, \
+             r.status, CAST(r.action AS CHAR) AS action, r.recipient, r.diag_code, b.orig_subject \
+             FROM bounce b ",
+        );
+        let reports_filtered = self.recipient.is_some() || self.status.is_some();
+        // without a report filter a bounce without parsed reports is listed too
+        q.push(if reports_filtered {
+            "JOIN bounce_report r ON r.bounce = b.id "
+        } else {
+            "LEFT JOIN bounce_report r ON r.bounce = b.id "
+        });
+        q.push("WHERE b.date >= ");
+        q.push_bind(self.from);
+        q.push(" AND b.date < ");
+        q.push_bind(self.to);
+        if reports_filtered {
+            // the copy of the date in bounce_report lets its (recipient|status, date) keys work
+            q.push(" AND r.date >= ");
+            q.push_bind(self.from);
+            q.push(" AND r.date < ");
+            q.push_bind(self.to);
+        }
+        match &self.recipient {
+            Some(AddressFilter::Address { local, domain }) => {
+                q.push(" AND r.recipient = ");
+                q.push_bind(if domain.is_empty() {
+                    local.clone()
+                } else {
+                    format!("{local}@{domain}")
+                });
+            }
+            Some(AddressFilter::Domain(domain)) => {
+                q.push(" AND r.recipient_domain = ");
+                q.push_bind(domain.clone());
+            }
+            None => {}
+        }
+        if let Some(status) = &self.status {
+            q.push(" AND r.status LIKE ");
+            q.push_bind(format!("{}%", like_escape(status)));
+        }
+        if self.unlinked {
+            q.push(" AND b.message IS NULL");
+        }
+        q.push(" ORDER BY b.date DESC, b.id DESC, r.sequence LIMIT ");
+        q.push_bind(u64::from(self.per_page) + 1);
+        q.push(" OFFSET ");
+        q.push_bind(u64::from(self.page - 1) * u64::from(self.per_page));
+        q
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ListRow {
+    id: u64,
+    date: DateTime<Utc>,
+    message: Option<Uuid>,
+    link: Option<String>,
+    kind: String,
+    parse_status: String,
+    status: Option<String>,
+    action: Option<String>,
+    recipient: Option<String>,
+    diag_code: Option<String>,
+    orig_subject: String,
+}
+
+/// One recipient of one report (or a report without parsed recipients).
+#[derive(Debug, Serialize)]
+pub struct BounceLine {
+    pub bounce: u64,
+    pub date: String,
+    /// the linked message's UUID, `None` while unlinked
+    pub message: Option<String>,
+    pub link: String,
+    pub kind: String,
+    pub parse_status: String,
+    pub status: String,
+    pub action: String,
+    pub recipient: String,
+    pub diag_code: String,
+    pub orig_subject: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BounceList {
+    pub reports: Vec<BounceLine>,
+    pub page: u32,
+    pub per_page: u32,
+    pub has_more: bool,
+    pub from: String,
+    pub to: String,
+}
+
+async fn list(state: &AppState, filter: &BounceFilter) -> Result<BounceList, WebError> {
+    let rows: Vec<ListRow> = filter
+        .query()
+        .build_query_as()
+        .fetch_all(&state.pool)
+        .await?;
+    let has_more = rows.len() > filter.per_page as usize;
+    Ok(BounceList {
+        reports: rows
+            .into_iter()
+            .take(filter.per_page as usize)
+            .map(|r| BounceLine {
+                bounce: r.id,
+                date: fmt_date(r.date),
+                message: r.message.map(|m| m.hyphenated().to_string()),
+                link: r.link.unwrap_or_default(),
+                kind: r.kind,
+                parse_status: r.parse_status,
+                status: r.status.unwrap_or_default(),
+                action: r.action.unwrap_or_default(),
+                recipient: r.recipient.unwrap_or_default(),
+                diag_code: r.diag_code.unwrap_or_default(),
+                orig_subject: r.orig_subject,
+            })
+            .collect(),
+        page: filter.page,
+        per_page: filter.per_page,
+        has_more,
+        from: filter.from.to_rfc3339(),
+        to: filter.to.to_rfc3339(),
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "bounces.html")]
+pub struct BouncesTemplate {
+    nav: Nav,
+    q: BounceParams,
+    error: String,
+    result: Option<BounceList>,
+    prev_href: String,
+    next_href: String,
+}
+
+fn href(params: &BounceParams, page: u32) -> String {
+    let mut copy = params.clone();
+    copy.page = page.to_string();
+    format!(
+        "/bounces?{}",
+        serde_urlencoded::to_string(&copy).unwrap_or_default()
+    )
+}
+
+/// `GET /bounces`
+pub async fn list_page(
+    State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    Query(params): Query<BounceParams>,
+) -> Result<Response, WebError> {
+    let nav = Nav::new(&identity, "bounces");
+    let filter = match BounceFilter::parse(&params) {
+        Ok(filter) => filter,
+        Err(WebError::BadRequest(error)) => {
+            let page = BouncesTemplate {
+                nav,
+                q: params,
+                error,
+                result: None,
+                prev_href: String::new(),
+                next_href: String::new(),
+            };
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+        Err(other) => return Err(other),
+    };
+    let result = list(&state, &filter).await?;
+    let prev_href = if filter.page > 1 {
+        href(&params, filter.page - 1)
+    } else {
+        String::new()
+    };
+    let next_href = if result.has_more {
+        href(&params, filter.page + 1)
+    } else {
+        String::new()
+    };
+    Ok(BouncesTemplate {
+        nav,
+        q: params,
+        error: String::new(),
+        result: Some(result),
+        prev_href,
+        next_href,
+    }
+    .into_response())
+}
+
+/// `GET /api/v1/bounces`
+pub async fn list_api(
+    State(state): State<AppState>,
+    Query(params): Query<BounceParams>,
+) -> Result<Json<BounceList>, WebError> {
+    let filter = BounceFilter::parse(&params)?;
+    Ok(Json(list(&state, &filter).await?))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct BounceRow {
+    id: u64,
+    date: DateTime<Utc>,
+    received: DateTime<Utc>,
+    mta: String,
+    #[sqlx(rename = "queueId")]
+    queue_id: String,
+    #[sqlx(rename = "messageId")]
+    message_id: String,
+    sender: String,
+    source: String,
+    peer: String,
+    kind: String,
+    parse_status: String,
+    parse_reason: Option<String>,
+    subject: String,
+    received_from_mta: String,
+    arrival_date: Option<DateTime<Utc>>,
+    orig_from: String,
+    orig_to: String,
+    orig_subject: String,
+    mta_hostname: String,
+    message: Option<Uuid>,
+    link: Option<String>,
+    raw: Vec<u8>,
+    raw_size: u64,
+    instance: String,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Report {
+    pub status: String,
+    pub action: Option<String>,
+    pub orig_rcpt: String,
+    pub final_rcpt: String,
+    pub recipient: String,
+    pub remote_mta: String,
+    pub diag_code: Option<String>,
+    #[serde(skip)]
+    last_attempt_date: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    will_retry_until: Option<DateTime<Utc>>,
+    #[sqlx(skip)]
+    pub last_attempt: String,
+    #[sqlx(skip)]
+    pub retry_until: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BounceDetail {
+    pub id: u64,
+    pub instance: String,
+    pub date: String,
+    pub received: String,
+    pub source: String,
+    pub peer: String,
+    pub kind: String,
+    pub parse_status: String,
+    pub parse_reason: String,
+    pub subject: String,
+    pub reporting_mta: String,
+    pub mta_hostname: String,
+    pub received_from_mta: String,
+    pub arrival_date: String,
+    pub queue_id: String,
+    pub message_id: String,
+    pub sender: String,
+    pub orig_from: String,
+    pub orig_to: String,
+    pub orig_subject: String,
+    pub message: Option<String>,
+    pub link: String,
+    pub reports: Vec<Report>,
+    pub raw_size: u64,
+    /// The report as received, as text (lossy UTF-8, at most 256 KiB).
+    pub raw: String,
+}
+
+async fn detail(state: &AppState, id: &str) -> Result<BounceDetail, WebError> {
+    let id: u64 = id.parse().map_err(|_| WebError::NotFound)?;
+    let b: BounceRow = sqlx::query_as(
+        "SELECT b.id, b.date, b.received, b.mta, b.queueId, b.messageId, b.sender, \
+         CAST(b.source AS CHAR) AS source, b.peer, CAST(b.kind AS CHAR) AS kind, \
+         CAST(b.parse_status AS CHAR) AS parse_status, b.parse_reason, b.subject, \
+         b.received_from_mta, b.arrival_date, b.orig_from, b.orig_to, b.orig_subject, \
+         b.mta_hostname, b.message, CAST(b.link AS CHAR) AS link, b.raw, b.raw_size, \
+         i.name AS instance \
+         FROM bounce b JOIN instance i ON i.id = b.cluegetter_instance WHERE b.id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(WebError::NotFound)?;
+    let mut reports: Vec<Report> = sqlx::query_as(
+        "SELECT status, CAST(action AS CHAR) AS action, orig_rcpt, final_rcpt, recipient, \
+         remote_mta, diag_code, last_attempt_date, will_retry_until \
+         FROM bounce_report WHERE bounce = ? ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    for report in &mut reports {
+        report.last_attempt = fmt_opt_date(report.last_attempt_date);
+        report.retry_until = fmt_opt_date(report.will_retry_until);
+    }
+    let mut raw = b.raw;
+    raw.truncate(RAW_SHOWN);
+    Ok(BounceDetail {
+        id: b.id,
+        instance: b.instance,
+        date: fmt_date(b.date),
+        received: fmt_date(b.received),
+        source: b.source,
+        peer: b.peer,
+        kind: b.kind,
+        parse_status: b.parse_status,
+        parse_reason: b.parse_reason.unwrap_or_default(),
+        subject: b.subject,
+        reporting_mta: b.mta,
+        mta_hostname: b.mta_hostname,
+        received_from_mta: b.received_from_mta,
+        arrival_date: fmt_opt_date(b.arrival_date),
+        queue_id: b.queue_id,
+        message_id: b.message_id,
+        sender: b.sender,
+        orig_from: b.orig_from,
+        orig_to: b.orig_to,
+        orig_subject: b.orig_subject,
+        message: b.message.map(|m| m.hyphenated().to_string()),
+        link: b.link.unwrap_or_default(),
+        reports,
+        raw_size: b.raw_size,
+        raw: lossy(&raw),
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "bounce.html")]
+pub struct BounceTemplate {
+    nav: Nav,
+    b: BounceDetail,
+}
+
+/// `GET /bounces/{id}`
+pub async fn detail_page(
+    State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<BounceTemplate, WebError> {
+    Ok(BounceTemplate {
+        nav: Nav::new(&identity, "bounces"),
+        b: detail(&state, &id).await?,
+    })
+}
+
+/// `GET /api/v1/bounces/{id}`
+pub async fn detail_api(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BounceDetail>, WebError> {
+    Ok(Json(detail(&state, &id).await?))
+}

@@ -1,0 +1,577 @@
+//! One message: `/messages/{id}` and `/api/v1/messages/{id}`. Session, envelope, recipients,
+//! headers, each module's result with its determinants as readable rows, the verdict with the
+//! thresholds and the sums that made it, the linked bounces, the body if it was stored.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::api::{Nav, fmt_date, lossy, parse_uuid};
+use super::auth::Identity;
+use super::search::address;
+use super::{AppState, WebError};
+
+/// Most body bytes shown on the page (the API gives the same).
+const BODY_SHOWN: usize = 1 << 20;
+/// Most determinant rows shown per result; deeper levels are cut at [`MAX_DEPTH`].
+const MAX_ROWS: usize = 400;
+const MAX_DEPTH: usize = 8;
+
+#[derive(Debug, sqlx::FromRow)]
+struct MessageRow {
+    session: Uuid,
+    queue_id: String,
+    mta_hostname: String,
+    date: DateTime<Utc>,
+    body_size: u64,
+    body_hash: String,
+    #[sqlx(rename = "messageId")]
+    message_id: String,
+    subject: String,
+    sender_local: String,
+    sender_domain: String,
+    rcpt_count: u32,
+    verdict: String,
+    applied: String,
+    verdict_msg: String,
+    #[sqlx(rename = "rejectScore")]
+    reject_score: f64,
+    #[sqlx(rename = "rejectScoreThreshold")]
+    reject_threshold: f64,
+    #[sqlx(rename = "tempfailScore")]
+    tempfail_score: f64,
+    #[sqlx(rename = "tempfailScoreThreshold")]
+    tempfail_threshold: f64,
+    noop: bool,
+    whitelisted: bool,
+    failure: Option<String>,
+    answered: bool,
+    headers_truncated: bool,
+    date_connect: DateTime<Utc>,
+    ip: String,
+    port: Option<u16>,
+    reverse_dns: String,
+    helo: String,
+    sasl_username: String,
+    sasl_method: String,
+    sasl_sender: String,
+    cert_issuer: String,
+    cert_subject: String,
+    cipher_bits: Option<u16>,
+    cipher: String,
+    tls_version: String,
+    client_hostname: String,
+    daemon_name: String,
+    instance: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub connected: String,
+    pub client_ip: String,
+    pub client_port: Option<u16>,
+    pub reverse_dns: String,
+    pub helo: String,
+    pub sasl_username: String,
+    pub sasl_method: String,
+    pub sasl_sender: String,
+    pub tls_version: String,
+    pub cipher: String,
+    pub cipher_bits: Option<u16>,
+    pub cert_subject: String,
+    pub cert_issuer: String,
+    pub mta_hostname: String,
+    pub daemon_name: String,
+    pub instance: String,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Recipient {
+    #[serde(skip)]
+    local: String,
+    #[serde(skip)]
+    domain: String,
+    #[sqlx(skip)]
+    pub address: String,
+    pub status: String,
+    pub count: u32,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HeaderLine {
+    pub name: String,
+    pub value: String,
+}
+
+/// One line of a result's determinants: a key at a depth, and its value if it is a scalar.
+#[derive(Clone, Debug)]
+pub struct DetRow {
+    pub depth: usize,
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModuleResult {
+    pub module: String,
+    pub suggested: String,
+    pub score: f64,
+    pub weighted_score: f64,
+    pub duration_ms: f64,
+    pub message: String,
+    pub late: bool,
+    pub determinants: serde_json::Value,
+    #[serde(skip)]
+    pub rows: Vec<DetRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkedBounce {
+    pub id: u64,
+    pub date: String,
+    pub link: String,
+    pub kind: String,
+    pub reports: String,
+}
+
+/// How the verdict was reached, in words and numbers.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub verdict: String,
+    pub applied: String,
+    pub reason: String,
+    pub reject_score: f64,
+    pub reject_threshold: f64,
+    pub tempfail_score: f64,
+    pub tempfail_threshold: f64,
+    pub noop: bool,
+    pub whitelisted: bool,
+    pub failure: Option<String>,
+    /// e.g. `rspamd 6.25 + spamassassin 0.50 = 6.75`
+    pub reject_sum: String,
+    pub tempfail_sum: String,
+    pub explanation: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageDetail {
+    pub id: String,
+    pub date: String,
+    pub queue_id: String,
+    pub sender: String,
+    pub message_id: String,
+    pub subject: String,
+    pub rcpt_count: u32,
+    pub body_size: u64,
+    pub body_hash: String,
+    pub answered: bool,
+    pub headers_truncated: bool,
+    pub session: Session,
+    pub recipients: Vec<Recipient>,
+    pub headers: Vec<HeaderLine>,
+    pub results: Vec<ModuleResult>,
+    pub verdict: Verdict,
+    pub bounces: Vec<LinkedBounce>,
+    /// The stored body as text (lossy UTF-8, at most 1 MiB); None when none was stored.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ResultRow {
+    module: String,
+    verdict: String,
+    score: f64,
+    weighted_score: f64,
+    duration: f64,
+    verdict_msg: String,
+    determinants: String,
+    late: bool,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct BounceRow {
+    id: u64,
+    date: DateTime<Utc>,
+    link: Option<String>,
+    kind: String,
+    reports: Option<String>,
+}
+
+pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError> {
+    let pool = &state.pool;
+    let row: MessageRow = sqlx::query_as(
+        "SELECT m.session, m.queue_id, m.mta_hostname, m.date, m.body_size, m.body_hash, \
+         m.messageId, m.subject, m.sender_local, m.sender_domain, m.rcpt_count, m.verdict, \
+         m.applied, m.verdict_msg, m.rejectScore, m.rejectScoreThreshold, m.tempfailScore, \
+         m.tempfailScoreThreshold, m.noop, m.whitelisted, m.failure, m.answered, \
+         m.headers_truncated, s.date_connect, s.ip, s.port, s.reverse_dns, s.helo, \
+         s.sasl_username, s.sasl_method, s.sasl_sender, s.cert_issuer, s.cert_subject, \
+         s.cipher_bits, s.cipher, s.tls_version, c.hostname AS client_hostname, c.daemon_name, \
+         i.name AS instance \
+         FROM message m JOIN session s ON s.id = m.session \
+         JOIN cluegetter_client c ON c.id = s.cluegetter_client \
+         JOIN instance i ON i.id = s.cluegetter_instance \
+         WHERE m.id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(WebError::NotFound)?;
+    let mut recipients: Vec<Recipient> = sqlx::query_as(
+        "SELECT r.local, r.domain, mr.status, mr.count, mr.reason \
+         FROM message_recipient mr JOIN recipient r ON r.id = mr.recipient \
+         WHERE mr.message = ? ORDER BY mr.status, r.domain, r.local",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for recipient in &mut recipients {
+        recipient.address = address(&recipient.local, &recipient.domain);
+    }
+    let headers: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT name, body FROM message_header WHERE message = ? ORDER BY sequence")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    let results: Vec<ResultRow> = sqlx::query_as(
+        "SELECT module, verdict, score, weighted_score, duration, verdict_msg, determinants, late \
+         FROM message_result WHERE message = ? ORDER BY late, module",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let bounces: Vec<BounceRow> = sqlx::query_as(
+        "SELECT b.id, b.date, CAST(b.link AS CHAR) AS link, CAST(b.kind AS CHAR) AS kind, \
+         (SELECT CAST(GROUP_CONCAT(CONCAT(r.status, ' ', r.recipient) ORDER BY r.sequence \
+           SEPARATOR ', ') AS CHAR) FROM bounce_report r WHERE r.bounce = b.id) AS reports \
+         FROM bounce b WHERE b.message = ? ORDER BY b.received",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let chunks: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT body FROM message_body WHERE message = ? ORDER BY sequence")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    let body = (!chunks.is_empty()).then(|| {
+        let mut bytes: Vec<u8> = chunks.concat();
+        bytes.truncate(BODY_SHOWN);
+        lossy(&bytes)
+    });
+
+    let results: Vec<ModuleResult> = results
+        .into_iter()
+        .map(|r| {
+            let determinants = serde_json::from_str(&r.determinants)
+                .unwrap_or(serde_json::Value::String(r.determinants.clone()));
+            let rows = flatten(&determinants);
+            ModuleResult {
+                module: r.module,
+                suggested: r.verdict,
+                score: r.score,
+                weighted_score: r.weighted_score,
+                duration_ms: r.duration * 1000.0,
+                message: r.verdict_msg,
+                late: r.late,
+                determinants,
+                rows,
+            }
+        })
+        .collect();
+    let verdict = explain(&row, &results);
+    Ok(MessageDetail {
+        id: id.hyphenated().to_string(),
+        date: fmt_date(row.date),
+        queue_id: row.queue_id,
+        sender: address(&row.sender_local, &row.sender_domain),
+        message_id: row.message_id,
+        subject: row.subject,
+        rcpt_count: row.rcpt_count,
+        body_size: row.body_size,
+        body_hash: row.body_hash,
+        answered: row.answered,
+        headers_truncated: row.headers_truncated,
+        session: Session {
+            id: row.session.hyphenated().to_string(),
+            connected: fmt_date(row.date_connect),
+            client_ip: row.ip,
+            client_port: row.port,
+            reverse_dns: row.reverse_dns,
+            helo: row.helo,
+            sasl_username: row.sasl_username,
+            sasl_method: row.sasl_method,
+            sasl_sender: row.sasl_sender,
+            tls_version: row.tls_version,
+            cipher: row.cipher,
+            cipher_bits: row.cipher_bits,
+            cert_subject: row.cert_subject,
+            cert_issuer: row.cert_issuer,
+            mta_hostname: if row.mta_hostname.is_empty() {
+                row.client_hostname
+            } else {
+                row.mta_hostname
+            },
+            daemon_name: row.daemon_name,
+            instance: row.instance,
+        },
+        recipients,
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| HeaderLine {
+                name: lossy(&name),
+                value: lossy(&value),
+            })
+            .collect(),
+        results,
+        verdict,
+        bounces: bounces
+            .into_iter()
+            .map(|b| LinkedBounce {
+                id: b.id,
+                date: fmt_date(b.date),
+                link: b.link.unwrap_or_default(),
+                kind: b.kind,
+                reports: b.reports.unwrap_or_default(),
+            })
+            .collect(),
+        body,
+    })
+}
+
+/// The gateway's rule, told back: reject when the weighted scores of the results that
+/// suggested reject reach the reject threshold; tempfail when tempfail and reject scores
+/// together reach the tempfail threshold (or a module erred); else permit.
+fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
+    let sum = |action: &str| -> String {
+        let terms: Vec<String> = results
+            .iter()
+            .filter(|r| !r.late && r.suggested == action)
+            .map(|r| format!("{} {:.2}", r.module, r.weighted_score))
+            .collect();
+        if terms.is_empty() {
+            "no module suggested it: 0.00".to_owned()
+        } else {
+            let total: f64 = results
+                .iter()
+                .filter(|r| !r.late && r.suggested == action)
+                .map(|r| r.weighted_score)
+                .sum();
+            format!("{} = {total:.2}", terms.join(" + "))
+        }
+    };
+    let mut explanation = Vec::new();
+    let reject_reached = row.reject_score >= row.reject_threshold;
+    explanation.push(format!(
+        "Reject score {:.2} {} reject threshold {:.2}.",
+        row.reject_score,
+        if reject_reached { "≥" } else { "<" },
+        row.reject_threshold
+    ));
+    if !reject_reached {
+        let combined = row.tempfail_score + row.reject_score;
+        explanation.push(format!(
+            "Tempfail score {:.2} + reject score {:.2} = {combined:.2} {} tempfail threshold {:.2}.",
+            row.tempfail_score,
+            row.reject_score,
+            if combined >= row.tempfail_threshold { "≥" } else { "<" },
+            row.tempfail_threshold
+        ));
+    }
+    if results.iter().any(|r| !r.late && r.suggested == "error") {
+        explanation.push(
+            "A module answered with an error: unless excused by its group or on-error = ignore, \
+             that tempfails the message."
+                .to_owned(),
+        );
+    }
+    if let Some(failure) = &row.failure {
+        explanation.push(format!("No verdict from the modules: {failure}."));
+    }
+    explanation.push(format!("Verdict: {}.", row.verdict));
+    if row.noop {
+        explanation.push(format!(
+            "noop was on: the verdict would have been {}; Postfix was told {}.",
+            row.verdict, row.applied
+        ));
+    } else if row.whitelisted {
+        explanation.push(format!(
+            "The client is whitelisted: Postfix was told {} (the rules said {}).",
+            row.applied, row.verdict
+        ));
+    } else if row.verdict != row.applied {
+        explanation.push(format!("Postfix was told {}.", row.applied));
+    }
+    if results.iter().any(|r| r.late) {
+        explanation.push("Late results arrived after the verdict and did not count.".to_owned());
+    }
+    Verdict {
+        verdict: row.verdict.clone(),
+        applied: row.applied.clone(),
+        reason: row.verdict_msg.clone(),
+        reject_score: row.reject_score,
+        reject_threshold: row.reject_threshold,
+        tempfail_score: row.tempfail_score,
+        tempfail_threshold: row.tempfail_threshold,
+        noop: row.noop,
+        whitelisted: row.whitelisted,
+        failure: row.failure.clone(),
+        reject_sum: sum("reject"),
+        tempfail_sum: sum("tempfail"),
+        explanation,
+    }
+}
+
+/// Determinants as rows of key, depth and scalar value: readable, and rendered as text by the
+/// template (escaped), never as HTML.
+pub fn flatten(value: &serde_json::Value) -> Vec<DetRow> {
+    let mut rows = Vec::new();
+    match value {
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+            walk(value, 0, &mut rows);
+        }
+        scalar => rows.push(DetRow {
+            depth: 0,
+            key: String::new(),
+            value: scalar_text(scalar),
+        }),
+    }
+    if rows.len() > MAX_ROWS {
+        rows.truncate(MAX_ROWS);
+        rows.push(DetRow {
+            depth: 0,
+            key: "…".into(),
+            value: "more rows not shown (see the JSON API)".into(),
+        });
+    }
+    rows
+}
+
+fn walk(value: &serde_json::Value, depth: usize, rows: &mut Vec<DetRow>) {
+    if rows.len() > MAX_ROWS {
+        return;
+    }
+    let entries: Vec<(String, &serde_json::Value)> = match value {
+        serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("[{i}]"), v))
+            .collect(),
+        _ => return,
+    };
+    for (key, value) in entries {
+        match value {
+            serde_json::Value::Array(items) if items.iter().all(is_scalar) => rows.push(DetRow {
+                depth,
+                key,
+                value: items.iter().map(scalar_text).collect::<Vec<_>>().join(", "),
+            }),
+            serde_json::Value::Object(map) if map.is_empty() => rows.push(DetRow {
+                depth,
+                key,
+                value: "(empty)".into(),
+            }),
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                if depth >= MAX_DEPTH {
+                    rows.push(DetRow {
+                        depth,
+                        key,
+                        value: value.to_string(),
+                    });
+                } else {
+                    rows.push(DetRow {
+                        depth,
+                        key,
+                        value: String::new(),
+                    });
+                    walk(value, depth + 1, rows);
+                }
+            }
+            scalar => rows.push(DetRow {
+                depth,
+                key,
+                value: scalar_text(scalar),
+            }),
+        }
+    }
+}
+
+fn is_scalar(value: &serde_json::Value) -> bool {
+    !matches!(
+        value,
+        serde_json::Value::Object(_) | serde_json::Value::Array(_)
+    )
+}
+
+fn scalar_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "message.html")]
+pub struct MessageTemplate {
+    pub nav: Nav,
+    pub m: MessageDetail,
+}
+
+/// `GET /messages/{id}`
+pub async fn page(
+    State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<MessageTemplate, WebError> {
+    let id = parse_uuid(&id)?;
+    Ok(MessageTemplate {
+        nav: Nav::new(&identity, "messages"),
+        m: load(&state, id).await?,
+    })
+}
+
+/// `GET /api/v1/messages/{id}`
+pub async fn api(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageDetail>, WebError> {
+    let id = parse_uuid(&id)?;
+    Ok(Json(load(&state, id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn determinants_read_as_rows() {
+        let rows = flatten(&serde_json::json!({
+            "action": "reject",
+            "symbols": {"GTUBE": {"score": 0.0, "options": ["x", "y"]}},
+            "empty": {}
+        }));
+        let shown: Vec<(usize, &str, &str)> = rows
+            .iter()
+            .map(|r| (r.depth, r.key.as_str(), r.value.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (0, "action", "reject"),
+                (0, "empty", "(empty)"),
+                (0, "symbols", ""),
+                (1, "GTUBE", ""),
+                (2, "options", "x, y"),
+                (2, "score", "0.0"),
+            ]
+        );
+    }
+}

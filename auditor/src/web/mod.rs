@@ -1,0 +1,185 @@
+//! The auditor's web interface and JSON API (issue 9), served on `[auditor] web-listen`.
+//!
+//! Layout, by concern:
+//! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in memory,
+//!   login/logout with CSRF tokens, the middleware that guards every other route.
+//! - [`search`]: the message search: query parsing and validation, SQL built from static
+//!   fragments with bind parameters only; the page and `/api/v1/messages`.
+//! - [`message`]: one message with its session, recipients, headers, results, verdict
+//!   arithmetic, bounces and body.
+//! - [`bounces`], [`quotas`], [`stats`] (+ [`svg`] for the charts): the other pages.
+//! - [`api`] / [`openapi`]: the JSON API's shared parts and its OpenAPI document.
+//!
+//! Security: every route but `/login` and `/style.css` needs a session cookie or a bearer
+//! token; every response carries a CSP without inline scripts or styles; templates are askama
+//! (autoescaped); no debug endpoints. `/metrics` stays on `metrics-listen`, outside this server.
+
+pub mod api;
+pub mod auth;
+pub mod bounces;
+pub mod message;
+pub mod openapi;
+pub mod quotas;
+pub mod search;
+pub mod stats;
+pub mod svg;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::hash_password;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: MySqlPool,
+    pub auth: Arc<auth::Auth>,
+}
+
+impl AppState {
+    pub fn new(config: &wire::config::AuditorConfig, pool: MySqlPool) -> Self {
+        Self {
+            pool,
+            auth: Arc::new(auth::Auth::from_config(config)),
+        }
+    }
+}
+
+/// Errors of a web request; each names the status it becomes. Database errors are logged and
+/// become a bare 500, never their text.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// 400: a query parameter that cannot be understood; the text says which.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404
+    #[error("not found")]
+    NotFound,
+    /// 403: a form without its CSRF token.
+    #[error("forbidden")]
+    Forbidden,
+    /// 500, detail in the log.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Database(error) => {
+                tracing::error!(error = %error, "web request failed on the database");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        // plain text: nothing of the request is reflected as HTML
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// The whole application: public routes, guarded routes, security headers.
+pub fn router(state: AppState) -> Router {
+    let guarded = Router::new()
+        .route("/", get(|| async { Redirect::to("/messages") }))
+        .route("/logout", post(auth::logout))
+        .route("/messages", get(search::page))
+        .route("/messages/{id}", get(message::page))
+        .route("/bounces", get(bounces::list_page))
+        .route("/bounces/{id}", get(bounces::detail_page))
+        .route("/quotas", get(quotas::page))
+        .route("/stats", get(stats::page))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/v1/messages", get(search::api))
+        .route("/api/v1/messages/{id}", get(message::api))
+        .route("/api/v1/bounces", get(bounces::list_api))
+        .route("/api/v1/bounces/{id}", get(bounces::detail_api))
+        .route("/api/v1/quotas", get(quotas::api))
+        .route("/api/v1/stats", get(stats::api))
+        .fallback(|| async { WebError::NotFound })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_login,
+        ));
+    Router::new()
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/style.css", get(style))
+        .merge(guarded)
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// Serves the UI until `shutdown` fires.
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if state.auth.has_no_users() {
+        tracing::warn!(
+            "the web interface has no users and refuses every login: make a password hash with \
+             `auditor web hash-password` and add it under [[auditor.web-users]] (name, password-hash)"
+        );
+    }
+    tracing::info!(listen = ?listener.local_addr().ok(), "web interface listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+const CSS: &str = include_str!("../../templates/style.css");
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        CSS,
+    )
+}
+
+/// Security headers on every response, the login page and errors included.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        // archive contents must not linger in shared caches
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
