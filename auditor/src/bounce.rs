@@ -111,7 +111,7 @@ async fn consume_for_ever(
             return Ok(());
         };
         let result = consume(&connection, store, max_backoff, shutdown).await;
-        let _ = connection.close(200, "auditor stopping".into()).await;
+        wire::broker::close(&connection, 200, "auditor stopping").await;
         match result {
             Ok(()) => return Ok(()),
             Err(error) => {

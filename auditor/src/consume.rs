@@ -143,7 +143,7 @@ pub async fn run(
         tracing::info!(broker = %broker::redact(&settings.broker_url), "connected to RabbitMQ");
         let result = consume(&connection, &mut store, &settings, &mut backoff, &shutdown).await;
         // Closing returns our unacked deliveries to the queue; errors here mean it is gone anyway.
-        let _ = connection.close(200, "auditor stopping".into()).await;
+        wire::broker::close(&connection, 200, "auditor stopping").await;
         match result {
             Ok(()) => break,
             Err(error) => {

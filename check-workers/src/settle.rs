@@ -130,7 +130,7 @@ pub async fn serve(
         };
         let started = tokio::time::Instant::now();
         let outcome = session(&connection, &settler, ready, shutdown).await;
-        let _ = connection.close(200, "check-workers done".into()).await;
+        wire::broker::close(&connection, 200, "check-workers done").await;
         match outcome {
             Ok(()) => return,
             Err(error) => {

@@ -125,7 +125,7 @@ pub async fn serve(
         let started = Instant::now();
         let outcome = session(&connection, settings, modules, shutdown).await;
         // Closing a connection that already broke fails; there is nothing to do about it.
-        let _ = connection.close(200, "check-workers done".into()).await;
+        wire::broker::close(&connection, 200, "check-workers done").await;
         match outcome {
             Ok(()) => {
                 tracing::info!("check-workers stopped consuming");

@@ -224,14 +224,21 @@ async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Opt
     }
     let mut confirmed = 0;
     for confirm in pending {
-        match confirm.await {
-            Ok(c) if c.is_ack() => confirmed += 1,
-            Ok(_) => {
+        // A confirm that never comes (a link that died without lapin noticing) must not stall
+        // the spool for ever: give up, reconnect and publish again (the auditor ignores the
+        // duplicate if the broker had taken it).
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(c)) if c.is_ack() => confirmed += 1,
+            Ok(Ok(_)) => {
                 error = Some("the broker refused (nacked) the event".to_owned());
                 break;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 error = Some(e.to_string());
+                break;
+            }
+            Err(_) => {
+                error = Some(format!("no confirm within {CONFIRM_TIMEOUT:?}"));
                 break;
             }
         }
@@ -259,6 +266,8 @@ fn load(spool: &Spool, waiting: &Waiting) -> Option<AuditEvent> {
 
 /// Events published before their confirms are awaited.
 const WINDOW: usize = 256;
+/// Longest wait for one event's confirm before the link is given up as dead.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn publish_loop(
     url: String,
@@ -319,7 +328,7 @@ async fn publish_loop(
                 tracing::warn!(%error, unconfirmed = batch.len(), "audit events not confirmed; retrying");
                 metrics::counter!("cluegetter_gateway_audit_publish_retries_total").increment(1);
                 if let Some((connection, _)) = link.take() {
-                    let _ = connection.close(320, "reconnecting".into()).await;
+                    broker::close(&connection, 320, "reconnecting").await;
                 }
                 if shutdown.is_cancelled() {
                     tracing::warn!(
@@ -334,6 +343,6 @@ async fn publish_loop(
         }
     }
     if let Some((connection, _)) = link {
-        let _ = connection.close(200, "shutting down".into()).await;
+        broker::close(&connection, 200, "shutting down").await;
     }
 }

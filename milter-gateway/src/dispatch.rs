@@ -169,7 +169,7 @@ async fn supervise(
         };
         match run_link(&connection, &modules, &shared, &shutdown).await {
             Ok(()) => {
-                let _ = connection.close(200, "shutting down".into()).await;
+                wire::broker::close(&connection, 200, "shutting down").await;
                 return;
             }
             Err(error) => {
@@ -184,7 +184,7 @@ async fn supervise(
         if let Ok(mut waiters) = shared.waiters.lock() {
             waiters.clear();
         }
-        let _ = connection.close(320, "reconnecting".into()).await;
+        wire::broker::close(&connection, 320, "reconnecting").await;
         if shutdown.is_cancelled() {
             return;
         }

@@ -39,6 +39,20 @@ pub fn check_queue(module: &str) -> String {
 ///
 /// # Errors
 /// The broker is unreachable or refuses the login or vhost.
+/// Longest [`close`] waits for the broker's Close-Ok.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes a connection that may already be broken, without waiting for ever: on a connection
+/// that died with an I/O error lapin can wait for a Close-Ok that never comes, and a task that
+/// awaits it would never reconnect (the gateway's audit publisher did, in the fault tests).
+pub async fn close(connection: &Connection, code: u16, reason: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "closing the RabbitMQ connection"),
+        Err(_) => tracing::debug!("RabbitMQ connection close not acknowledged; dropped"),
+    }
+}
+
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties).await
