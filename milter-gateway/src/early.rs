@@ -124,6 +124,11 @@ async fn decide(
         tracing::info!(verdict = %verdict_action, %applied, reply = %text, ?modules,
             noop = ctx.config.noop, failure = failure.as_deref().unwrap_or(""),
             elapsed_ms = elapsed.as_millis() as u64, "refused before end of message");
+    } else if matches!(verdict_action, Action::Reject | Action::Tempfail) {
+        // noop: what would have been refused is what a postmaster trying noop looks for
+        tracing::info!(verdict = %verdict_action, %applied, ?modules, noop = ctx.config.noop,
+            elapsed_ms = elapsed.as_millis() as u64, reason = %reason,
+            "would have been refused before end of message");
     } else {
         tracing::debug!(verdict = %verdict_action, %applied, ?modules, noop = ctx.config.noop,
             elapsed_ms = elapsed.as_millis() as u64, reason = %reason, "stage check passed");
