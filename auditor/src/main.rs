@@ -136,7 +136,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .context("invalid database.url")?;
                 let web = tokio::spawn(auditor::web::serve(
                     listener,
-                    auditor::web::AppState::new(&config.auditor, pool),
+                    auditor::web::AppState::new(&config, pool),
                     shutdown.clone(),
                 ));
                 let consumed = auditor::run(config, shutdown.clone()).await;

@@ -71,12 +71,12 @@ impl AuditPublisher {
                 .increment(replay.len() as u64);
         }
         if let Ok(mut items) = queue.items.lock() {
+            // read back from the spool one window at a time, never all at once
             for r in replay {
-                let keep = items.len() < IN_MEMORY && body_len(&r.event) <= IN_MEMORY_BODY;
                 items.push_back(Waiting {
-                    answered: r.event.answered,
+                    answered: r.answered,
                     entry: Some(r.entry),
-                    event: keep.then_some(r.event),
+                    event: None,
                 });
             }
         }
@@ -134,14 +134,17 @@ impl AuditPublisher {
     /// Records in the spool that the MTA got its answer, for an event whose publishing is
     /// held back ([`AuditPublisher::publish`] does it otherwise).
     pub fn mark_answered(&self, entry: &SpoolEntry) {
-        self.spool.mark_answered(entry);
+        let spool = self.spool.clone();
+        let entry = entry.clone();
+        // a small write, but under the spool's lock: not on a worker thread
+        tokio::task::spawn_blocking(move || spool.mark_answered(&entry));
     }
 
     /// Queues the event for publishing; `answered` says whether the MTA got the final reply.
     pub fn publish(&self, entry: Option<SpoolEntry>, mut event: AuditEvent, answered: bool) {
         event.answered = answered;
         if answered && let Some(entry) = &entry {
-            self.spool.mark_answered(entry);
+            self.mark_answered(entry);
         }
         if let Ok(mut items) = self.queue.items.lock() {
             let keep =

@@ -262,6 +262,13 @@ pub struct AuditorConfig {
     /// How long a login lasts.
     #[serde(with = "humantime_serde")]
     pub web_session_lifetime: Duration,
+    /// Failed logins for one user name, or from one client address (an IPv6 client's /64),
+    /// within `web-login-failure-window` after which further attempts are refused (HTTP 429)
+    /// until the window has passed.
+    pub web_login_max_failures: u32,
+    /// The sliding window over which failed logins are counted.
+    #[serde(with = "humantime_serde")]
+    pub web_login_failure_window: Duration,
     /// Who may log in: name and argon2 PHC hash (`auditor web hash-password`).
     pub web_users: Vec<WebUser>,
     /// Tokens for scripts (`Authorization: Bearer <token>`), stored as SHA-256 hex digests.
@@ -315,6 +322,8 @@ impl Default for AuditorConfig {
             web_listen: SocketAddr::from(([127, 0, 0, 1], 1937)),
             web_cookie_secure: false,
             web_session_lifetime: Duration::from_secs(8 * 3600),
+            web_login_max_failures: 5,
+            web_login_failure_window: Duration::from_secs(15 * 60),
             web_users: Vec::new(),
             web_api_tokens: Vec::new(),
         }
@@ -324,6 +333,18 @@ impl Default for AuditorConfig {
 impl AuditorConfig {
     /// ClueGetter's rule: messages are kept at least as long as any of their parts.
     fn validate(&self) -> Result<(), String> {
+        if !(1..=1000).contains(&self.web_login_max_failures) {
+            return Err(format!(
+                "[auditor] web-login-max-failures ({}) must be between 1 and 1000",
+                self.web_login_max_failures
+            ));
+        }
+        if self.web_login_failure_window < Duration::from_secs(1) {
+            return Err(format!(
+                "[auditor] web-login-failure-window ({:?}) must be at least 1s",
+                self.web_login_failure_window
+            ));
+        }
         for user in &self.web_users {
             if !user.password_hash.starts_with("$argon2") {
                 return Err(format!(
@@ -1521,6 +1542,39 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("64 hex"), "{err}");
+    }
+
+    #[test]
+    fn auditor_login_throttling_is_read_and_checked() {
+        let defaults = AuditorConfig::default();
+        assert_eq!(defaults.web_login_max_failures, 5);
+        assert_eq!(defaults.web_login_failure_window, Duration::from_secs(900));
+        let config = load_text(
+            "[auditor]\nweb-login-max-failures = 3\nweb-login-failure-window = \"2m 30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.auditor.web_login_max_failures, 3);
+        assert_eq!(
+            config.auditor.web_login_failure_window,
+            Duration::from_secs(150)
+        );
+        for (text, key) in [
+            ("web-login-max-failures = 0", "web-login-max-failures"),
+            ("web-login-max-failures = 1001", "web-login-max-failures"),
+            (
+                "web-login-failure-window = \"0s\"",
+                "web-login-failure-window",
+            ),
+            (
+                "web-login-failure-window = \"500ms\"",
+                "web-login-failure-window",
+            ),
+        ] {
+            let err = load_text(&format!("[auditor]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Who may see the archive: users from `[auditor] web-users` (argon2 PHC hashes), API tokens
-//! from `web-api-tokens` (SHA-256 of the token), and sessions kept in memory (a restart logs
-//! everyone out, which is fine for a handful of postmasters).
+//! from `web-api-tokens` (SHA-256 of the token), and sessions kept in MariaDB
+//! (`schema/0007_web_sessions.sql`: the SHA-256 of the session id, the user, created and expiry
+//! times by the database's clock), so a restart logs nobody out and several auditors behind one
+//! load balancer share them. A session whose user is no longer configured is refused. Expired
+//! rows are deleted when a lookup meets them and every [`SESSION_SWEEP`] by [`sweep`]. A database
+//! error while checking a session is a 503, never a login.
+//!
+//! Failed logins are throttled per user name and per client address ([`super::throttle`]).
 //!
 //! Cookies: the session cookie is `HttpOnly; SameSite=Strict; Path=/` (+ `Secure` with
 //! `web-cookie-secure`). Forms that change state carry a CSRF token: the login form a token
@@ -9,7 +15,7 @@
 //! attackers too.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -17,17 +23,23 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Form;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
+use sqlx::MySqlPool;
 
+use super::throttle::LoginThrottle;
 use super::{AppState, WebError};
 
 pub const SESSION_COOKIE: &str = "cg_session";
 pub const LOGIN_CSRF_COOKIE: &str = "cg_login_csrf";
+/// How often expired sessions (and stale login failure counts) are swept.
+pub const SESSION_SWEEP: Duration = Duration::from_secs(600);
+/// Expired session rows deleted by one statement at most.
+const SWEEP_BATCH: u32 = 1000;
 
 /// A hash of a password nobody knows, checked when the user name is unknown so that a wrong
 /// name costs as long as a wrong password.
@@ -41,21 +53,14 @@ pub struct Identity {
     pub csrf: String,
 }
 
-struct Session {
-    user: String,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Users, tokens and live sessions.
+/// Users, tokens, the session settings and the login throttle.
 pub struct Auth {
     users: HashMap<String, String>,
     /// (name, SHA-256 of the token)
     tokens: Vec<(String, [u8; 32])>,
-    /// by SHA-256 of the session id, so the map never holds a usable cookie value
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
     lifetime: Duration,
     cookie_secure: bool,
+    throttle: LoginThrottle,
 }
 
 impl Auth {
@@ -78,9 +83,12 @@ impl Auth {
                 .map(|user| (user.name.clone(), user.password_hash.clone()))
                 .collect(),
             tokens,
-            sessions: Mutex::new(HashMap::new()),
             lifetime: config.web_session_lifetime.max(Duration::from_secs(60)),
             cookie_secure: config.web_cookie_secure,
+            throttle: LoginThrottle::new(
+                config.web_login_max_failures,
+                config.web_login_failure_window,
+            ),
         }
     }
 
@@ -88,25 +96,43 @@ impl Auth {
         self.users.is_empty()
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        // a panic while holding the lock leaves a consistent map (inserts and removes only)
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn session(&self, id: &str) -> Option<Identity> {
-        let key = sha256(id.as_bytes());
-        let mut sessions = self.sessions();
-        let session = sessions.get(&key)?;
-        if session.expires <= Instant::now() {
-            sessions.remove(&key);
-            return None;
+    /// The session with cookie value `id`, if it exists, has not expired and its user is still
+    /// configured; an expired or orphaned row met here is deleted.
+    ///
+    /// # Errors
+    /// The database failed: the caller must refuse the request (503), not log anyone in.
+    pub async fn session(
+        &self,
+        pool: &MySqlPool,
+        id: &str,
+    ) -> Result<Option<Identity>, sqlx::Error> {
+        if !is_token(id) {
+            // not one of ours: no need to ask the database
+            return Ok(None);
         }
-        Some(Identity {
-            user: session.user.clone(),
-            csrf: session.csrf.clone(),
-        })
+        let key = sha256(id.as_bytes());
+        let row: Option<(String, bool)> =
+            sqlx::query_as("SELECT user, expires > UTC_TIMESTAMP(6) FROM web_session WHERE id = ?")
+                .bind(key.as_slice())
+                .fetch_optional(pool)
+                .await?;
+        let Some((user, live)) = row else {
+            return Ok(None);
+        };
+        if !live || !self.users.contains_key(&user) {
+            sqlx::query("DELETE FROM web_session WHERE id = ?")
+                .bind(key.as_slice())
+                .execute(pool)
+                .await?;
+            if live {
+                tracing::info!(user = ?user, "web session refused: the user is no longer configured");
+            }
+            return Ok(None);
+        }
+        Ok(Some(Identity {
+            user,
+            csrf: session_csrf(id),
+        }))
     }
 
     fn token(&self, token: &str) -> Option<Identity> {
@@ -120,26 +146,28 @@ impl Auth {
             })
     }
 
-    /// A new session for `user`; returns the cookie value.
-    fn open(&self, user: &str) -> Result<String, getrandom::Error> {
-        let id = random_token()?;
-        let csrf = random_token()?;
-        let now = Instant::now();
-        let mut sessions = self.sessions();
-        sessions.retain(|_, session| session.expires > now);
-        sessions.insert(
-            sha256(id.as_bytes()),
-            Session {
-                user: user.to_owned(),
-                csrf,
-                expires: now + self.lifetime,
-            },
-        );
+    /// A new session for `user`, stored; returns the cookie value.
+    async fn open(&self, pool: &MySqlPool, user: &str) -> Result<String, WebError> {
+        let id = random_token().map_err(|_| WebError::Forbidden)?;
+        sqlx::query(
+            "INSERT INTO web_session (id, user, created, expires) \
+             VALUES (?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? SECOND)",
+        )
+        .bind(sha256(id.as_bytes()).as_slice())
+        .bind(user)
+        .bind(self.lifetime.as_secs())
+        .execute(pool)
+        .await
+        .map_err(WebError::Unavailable)?;
         Ok(id)
     }
 
-    fn close(&self, id: &str) {
-        self.sessions().remove(&sha256(id.as_bytes()));
+    async fn close(&self, pool: &MySqlPool, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM web_session WHERE id = ?")
+            .bind(sha256(id.as_bytes()).as_slice())
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     /// Whether `password` is `user`'s. Slow on purpose (argon2): call off the async threads.
@@ -184,18 +212,49 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
     Ok(hash.to_string())
 }
 
+/// Deletes expired sessions, a batch at a time, and forgets login failures older than the
+/// window; returns the session rows deleted.
+///
+/// # Errors
+/// The database failed (the next sweep tries again).
+pub async fn sweep(state: &AppState) -> Result<u64, sqlx::Error> {
+    state.auth.throttle.prune(Instant::now());
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM web_session WHERE expires <= UTC_TIMESTAMP(6) ORDER BY expires LIMIT ?",
+        )
+        .bind(SWEEP_BATCH)
+        .execute(&state.pool)
+        .await?
+        .rows_affected();
+        deleted += done;
+        if done < u64::from(SWEEP_BATCH) {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// Lets a request through with a valid session cookie or bearer token; otherwise API calls get
-/// 401 and pages a redirect to the login form.
+/// 401 and pages a redirect to the login form. When the session cannot be checked (database
+/// down), 503.
 pub async fn require_login(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let identity = bearer(request.headers())
-        .and_then(|token| state.auth.token(token))
-        .or_else(|| {
-            cookie(request.headers(), SESSION_COOKIE).and_then(|id| state.auth.session(&id))
-        });
+    let mut identity = bearer(request.headers()).and_then(|token| state.auth.token(token));
+    if identity.is_none()
+        && let Some(id) = cookie(request.headers(), SESSION_COOKIE)
+    {
+        match state.auth.session(&state.pool, &id).await {
+            Ok(found) => identity = found,
+            Err(error) => {
+                let api = request.uri().path().starts_with("/api/");
+                return session_store_unavailable(&error, api);
+            }
+        }
+    }
     if let Some(identity) = identity {
         request.extensions_mut().insert(identity);
         return next.run(request).await;
@@ -222,6 +281,30 @@ pub async fn require_login(
         .to_owned();
     let target = serde_urlencoded::to_string([("next", wanted.as_str())]).unwrap_or_default();
     Redirect::to(&format!("/login?{target}")).into_response()
+}
+
+/// 503: the session could not be checked. JSON for the API, plain text for pages.
+fn session_store_unavailable(error: &sqlx::Error, api: bool) -> Response {
+    tracing::error!(error = %error, "cannot check a web session: the database failed");
+    let retry = [(header::RETRY_AFTER, "5")];
+    if api {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"the session store (database) is unavailable; try again shortly"}"#,
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "503 Service Unavailable: the login cannot be checked because the archive database \
+             is unavailable; try again shortly.",
+        )
+            .into_response()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,7 +339,7 @@ fn login_form(
     // Keep a token the browser already has: another tab, or a request the browser makes on
     // its own (a favicon redirected here), must not invalidate the form on screen.
     let csrf = match cookie(headers, LOGIN_CSRF_COOKIE) {
-        Some(token) if token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) => token,
+        Some(token) if is_token(&token) => token,
         _ => random_token().map_err(|_| WebError::Forbidden)?,
     };
     let cookie = state.auth.cookie(
@@ -285,8 +368,11 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
+/// `POST /login`. Needs the connection's peer address (the server is run with
+/// `into_make_service_with_connect_info`), which the throttle counts failures by.
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, WebError> {
@@ -304,13 +390,49 @@ pub async fn login(
             StatusCode::UNAUTHORIZED,
         );
     }
+    let client = peer.ip();
+    let attempt = match state
+        .auth
+        .throttle
+        .begin(&form.user, client, Instant::now())
+    {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            // whole seconds, rounded up: a client that waits that long is let in
+            let wait = (refused.retry_after.as_secs()
+                + u64::from(refused.retry_after.subsec_nanos() > 0))
+            .max(1);
+            tracing::warn!(
+                user = ?shorten(&form.user),
+                %client,
+                by = if refused.by_user { "user" } else { "client" },
+                retry_after_secs = wait,
+                "web login refused: too many failed logins"
+            );
+            let mut response = login_form(
+                &state,
+                &headers,
+                form.next.as_deref(),
+                &format!(
+                    "Too many failed logins; try again in {}.",
+                    super::quotas::fmt_period(u32::try_from(wait).unwrap_or(u32::MAX))
+                ),
+                StatusCode::TOO_MANY_REQUESTS,
+            )?;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Ok(response);
+        }
+    };
     let auth = state.auth.clone();
     let (user, password) = (form.user.clone(), form.password);
     let ok = tokio::task::spawn_blocking(move || auth.verify(&user, &password))
         .await
         .unwrap_or(false);
     if !ok {
-        tracing::info!(user = %form.user, "web login failed");
+        attempt.failed();
+        tracing::info!(user = ?shorten(&form.user), %client, "web login failed");
         return login_form(
             &state,
             &headers,
@@ -319,11 +441,9 @@ pub async fn login(
             StatusCode::UNAUTHORIZED,
         );
     }
-    let id = state
-        .auth
-        .open(&form.user)
-        .map_err(|_| WebError::Forbidden)?;
-    tracing::info!(user = %form.user, "web login");
+    attempt.succeeded();
+    let id = state.auth.open(&state.pool, &form.user).await?;
+    tracing::info!(user = %form.user, %client, "web login");
     let session = state
         .auth
         .cookie(SESSION_COOKIE, &id, "/", state.auth.lifetime);
@@ -353,7 +473,11 @@ pub async fn logout(
         return Err(WebError::Forbidden);
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        state.auth.close(&id);
+        state
+            .auth
+            .close(&state.pool, &id)
+            .await
+            .map_err(WebError::Unavailable)?;
     }
     tracing::info!(user = %identity.user, "web logout");
     let clear = state.auth.cookie(SESSION_COOKIE, "", "/", Duration::ZERO);
@@ -393,6 +517,27 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_owned())
+}
+
+/// At most 100 characters of a user name, for the log.
+fn shorten(user: &str) -> &str {
+    user.char_indices()
+        .nth(100)
+        .map_or(user, |(end, _)| &user[..end])
+}
+
+/// Whether `text` looks like one of our tokens (64 hex digits).
+fn is_token(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The logout form's CSRF token of the session `id`: derived, so it need not be stored, and
+/// it does not reveal the id.
+fn session_csrf(id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"cluegetter web session csrf\0");
+    hasher.update(id.as_bytes());
+    hex(&hasher.finalize())
 }
 
 /// 32 random bytes as 64 hex digits.
@@ -468,9 +613,19 @@ mod tests {
         assert!(!auth.verify("nobody", "s3cret"));
         assert!(auth.token("tok").is_some());
         assert!(auth.token("tok2").is_none());
-        let id = auth.open("pm").unwrap();
-        assert_eq!(auth.session(&id).unwrap().user, "pm");
-        auth.close(&id);
-        assert!(auth.session(&id).is_none());
+    }
+
+    #[test]
+    fn the_logout_token_is_derived_from_the_session_id_and_differs_from_it() {
+        let id = random_token().unwrap();
+        assert!(is_token(&id));
+        let csrf = session_csrf(&id);
+        assert!(is_token(&csrf));
+        assert_ne!(csrf, id);
+        assert_eq!(session_csrf(&id), csrf);
+        assert_ne!(session_csrf(&random_token().unwrap()), csrf);
+        assert!(!is_token("00ff"));
+        assert_eq!(shorten(&"é".repeat(300)).chars().count(), 100);
+        assert_eq!(shorten("pm"), "pm");
     }
 }

@@ -1,8 +1,9 @@
 //! The auditor's web interface and JSON API (issue 9), served on `[auditor] web-listen`.
 //!
 //! Layout, by concern:
-//! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in memory,
-//!   login/logout with CSRF tokens, the middleware that guards every other route.
+//! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in MariaDB
+//!   (`web_session`), login/logout with CSRF tokens, the middleware that guards every other
+//!   route; [`throttle`]: failed logins per user name and client address (HTTP 429).
 //! - [`search`]: the message search: query parsing and validation, SQL built from static
 //!   fragments with bind parameters only; the page and `/api/v1/messages`.
 //! - [`message`]: one message with its session, recipients, headers, results, verdict
@@ -23,8 +24,11 @@ pub mod quotas;
 pub mod search;
 pub mod stats;
 pub mod svg;
+pub mod throttle;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -43,13 +47,17 @@ pub use auth::hash_password;
 pub struct AppState {
     pub pool: MySqlPool,
     pub auth: Arc<auth::Auth>,
+    /// `[quotas] reservation-ttl`: older unsettled reservations no longer count.
+    pub reservation_ttl: Duration,
 }
 
 impl AppState {
-    pub fn new(config: &wire::config::AuditorConfig, pool: MySqlPool) -> Self {
+    /// From the whole configuration: `[auditor]`'s web keys and `[quotas] reservation-ttl`.
+    pub fn new(config: &wire::config::Config, pool: MySqlPool) -> Self {
         Self {
             pool,
-            auth: Arc::new(auth::Auth::from_config(config)),
+            auth: Arc::new(auth::Auth::from_config(&config.auditor)),
+            reservation_ttl: config.quotas.reservation_ttl,
         }
     }
 }
@@ -67,6 +75,9 @@ pub enum WebError {
     /// 403: a form without its CSRF token.
     #[error("forbidden")]
     Forbidden,
+    /// 503: the session store (the database) failed where a login is decided.
+    #[error("the archive database is unavailable; try again shortly")]
+    Unavailable(#[source] sqlx::Error),
     /// 500, detail in the log.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -78,6 +89,10 @@ impl IntoResponse for WebError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unavailable(error) => {
+                tracing::error!(error = %error, "web sessions: the database failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Database(error) => {
                 tracing::error!(error = %error, "web request failed on the database");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -124,7 +139,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the UI until `shutdown` fires.
+/// Serves the UI until `shutdown` fires, and sweeps expired sessions meanwhile. The router is
+/// served with the peers' addresses (`ConnectInfo<SocketAddr>`), which the login needs.
 ///
 /// # Errors
 /// The listener fails.
@@ -140,9 +156,36 @@ pub async fn serve(
         );
     }
     tracing::info!(listen = ?listener.local_addr().ok(), "web interface listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let sweeping = tokio::spawn(sweep_every(
+        state.clone(),
+        auth::SESSION_SWEEP,
+        shutdown.child_token(),
+    ));
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await;
+    sweeping.abort();
+    served
+}
+
+/// [`auth::sweep`] at start and every `interval` until `shutdown` fires.
+async fn sweep_every(state: AppState, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match auth::sweep(&state).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "expired web sessions deleted"),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot delete expired web sessions; trying again later");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 const CSS: &str = include_str!("../../templates/style.css");

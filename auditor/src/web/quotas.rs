@@ -3,9 +3,10 @@
 //! period as a chart; then the classes with their profiles and periods, and the regex rows
 //! with the concrete rows they instigated. Reads schema/0002's tables, bind parameters only.
 //!
-//! Usage counts `kept` and `reserved` tally rows (released ones count for nothing); the
-//! module also ages out reservations after its `reservation-ttl`, which this page does not
-//! know, so a fresh unsettled reservation shows as used.
+//! Usage counts what the quotas module counts (check-workers `modules/quotas/store.rs`): `kept`
+//! tally rows, and `reserved` rows younger than `[quotas] reservation-ttl` (read from the same
+//! configuration file); released rows and expired reservations count for nothing. At each hour
+//! of the chart, a reservation counts if it was younger than the TTL then.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -294,8 +295,9 @@ async fn usage(
         .unwrap_or(0)
         .min(MAX_WINDOW_SECS);
     let since = now - TimeDelta::hours(HOURS) - TimeDelta::seconds(longest);
-    let tally: Vec<(DateTime<Utc>, u32)> = sqlx::query_as(
-        "SELECT date, units FROM quota_message \
+    // (date, units, still reserved)
+    let tally: Vec<(DateTime<Utc>, u32, bool)> = sqlx::query_as(
+        "SELECT date, units, status = 'reserved' FROM quota_message \
          WHERE quota = ? AND date >= ? AND status <> 'released' ORDER BY date LIMIT ?",
     )
     .bind(row.id)
@@ -303,12 +305,19 @@ async fn usage(
     .bind(MAX_TALLY_ROWS)
     .fetch_all(&state.pool)
     .await?;
+    let ttl = TimeDelta::from_std(state.reservation_ttl).unwrap_or(TimeDelta::MAX);
+    // as the module counts at `end`: kept rows, and reservations younger than the TTL
     let window_sum = |end: DateTime<Utc>, secs: u32| -> i64 {
         let start = end - TimeDelta::seconds(i64::from(secs));
+        let ttl_cutoff = end
+            .checked_sub_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         tally
             .iter()
-            .filter(|(date, _)| *date > start && *date <= end)
-            .map(|(_, units)| i64::from(*units))
+            .filter(|(date, _, reserved)| {
+                *date > start && *date <= end && (!*reserved || *date > ttl_cutoff)
+            })
+            .map(|(_, units, _)| i64::from(*units))
             .sum()
     };
     // hour marks, the last one now

@@ -16,3 +16,4 @@ mod poison;
 mod prune;
 mod support;
 mod web;
+mod web_auth;

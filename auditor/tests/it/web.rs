@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use test_support::TestDb;
 use tokio_util::sync::CancellationToken;
-use wire::config::{AuditorConfig, WebApiToken, WebUser};
+use wire::config::{AuditorConfig, Config, WebApiToken, WebUser};
 use wire::{AuditEvent, Header};
 
 use crate::support;
@@ -26,6 +26,7 @@ pub struct WebEnv {
     pub db: TestDb,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    pub config: Config,
     shutdown: CancellationToken,
 }
 
@@ -56,20 +57,36 @@ impl WebEnv {
     }
 
     pub async fn with_config(config: AuditorConfig) -> Self {
+        Self::with_full_config(full_config(config)).await
+    }
+
+    /// With the whole configuration (`[quotas] reservation-ttl` is read too).
+    pub async fn with_full_config(config: Config) -> Self {
         test_support::init_test_logging();
         let db = TestDb::empty().await.unwrap();
         auditor::migrate(&db.url).await.unwrap();
-        Self::serve(db, config).await
+        Self::serve_full(db, config).await
     }
 
-    pub async fn serve(db: TestDb, config: AuditorConfig) -> Self {
-        let (addr, shutdown) = start_server(&db.url, &config).await;
+    pub async fn serve_full(db: TestDb, config: Config) -> Self {
+        let (addr, shutdown) = start_full_server(&db.url, &config).await;
         Self {
             db,
             addr,
             client: client(),
+            config,
             shutdown,
         }
+    }
+
+    /// Stops this web server and starts a new one (a new process, as far as the web interface
+    /// is concerned: nothing in memory survives) over the same database, with `config`.
+    pub async fn restart(&mut self, config: Config) {
+        self.shutdown.cancel();
+        let (addr, shutdown) = start_full_server(&self.db.url, &config).await;
+        self.addr = addr;
+        self.shutdown = shutdown;
+        self.config = config;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -165,8 +182,21 @@ impl WebEnv {
     }
 }
 
+/// The defaults with this `[auditor]` section.
+pub fn full_config(auditor: AuditorConfig) -> Config {
+    Config {
+        auditor,
+        ..Config::default()
+    }
+}
+
 /// The web server on a port of its own over the database at `url`; cancel the token to stop it.
 pub async fn start_server(url: &str, config: &AuditorConfig) -> (SocketAddr, CancellationToken) {
+    start_full_server(url, &full_config(config.clone())).await
+}
+
+/// [`start_server`] with the whole configuration.
+pub async fn start_full_server(url: &str, config: &Config) -> (SocketAddr, CancellationToken) {
     let pool = auditor::store::connect_lazy(url, 4).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

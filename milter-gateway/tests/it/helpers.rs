@@ -690,21 +690,15 @@ impl AuditTap {
     }
 }
 
-/// The audit events in a gateway's spool directory now, with their file names.
+/// The audit events in a gateway's spool directory now, each named as the old one-file
+/// spool named them: `<uuid>.answered` once the MTA got its answer, `<uuid>.event` before.
 pub fn spooled(dir: &std::path::Path) -> Vec<(String, wire::AuditEvent)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !(name.ends_with(".event") || name.ends_with(".answered")) {
-                return None;
-            }
-            let bytes = std::fs::read(entry.path()).ok()?;
-            let json = bytes.strip_prefix(b"cluegetter-spool 1\n".as_slice())?;
-            Some((name, wire::contract::decode(json).ok()?))
+    milter_gateway::spool::inspect(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|event| {
+            let state = if event.answered { "answered" } else { "event" };
+            (format!("{}.{state}", event.message_id), event)
         })
         .collect()
 }

@@ -39,7 +39,7 @@ pub struct Accounting {
     /// Sent, never answered, not stored (the gateway died before spooling it).
     pub unanswered_not_stored: usize,
     /// Answered, but the row says `answered = 0` (the gateway died between its reply and
-    /// renaming the spool file: the record is there, its flag is pessimistic).
+    /// writing the spool's answered mark: the record is there, its flag is pessimistic).
     pub answered_flagged_unanswered: usize,
     /// The row's UUID differs from the `X-Cluegetter-Id` the MTA side was given.
     pub uuid_mismatch: usize,

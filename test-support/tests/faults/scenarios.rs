@@ -154,20 +154,9 @@ impl BrokerLink {
     }
 }
 
-/// Audit event files in the gateway's spool.
+/// Audit events in the gateway's spool (read from its segment files, as a restart would).
 fn spooled(setup: &Setup) -> usize {
-    std::fs::read_dir(setup.spool_dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.ends_with(".event") || name.ends_with(".answered")
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    milter_gateway::spool::inspect(&setup.spool_dir()).map_or(0, |events| events.len())
 }
 
 /// Waits until the spool is empty, the archive queue is empty, every answered message has its
