@@ -299,10 +299,23 @@ async fn publish_loop(
             }
             continue;
         }
-        let mut batch: Vec<(Waiting, AuditEvent)> = batch
-            .into_iter()
-            .filter_map(|w| load(&spool, &w).map(|event| (w, event)))
-            .collect();
+        // reading back from the spool is file I/O: not on a worker thread
+        let reader = spool.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .filter_map(|w| load(&reader, &w).map(|event| (w, event)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut batch: Vec<(Waiting, AuditEvent)> = match loaded {
+            Ok(batch) => batch,
+            Err(error) => {
+                // the closure does not panic; if it ever did, the events are still spooled
+                tracing::error!(%error, "cannot read audit events back from the spool");
+                continue;
+            }
+        };
         while !batch.is_empty() {
             if link.is_none() {
                 link = connect_channel(&url, max_backoff, &shutdown).await;
