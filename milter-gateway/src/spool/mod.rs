@@ -111,6 +111,8 @@ impl Inner {
 
 /// What the handle and the sync thread share.
 struct Shared {
+    /// Held (`flock`) while the spool is open.
+    _lock: File,
     dir: PathBuf,
     max_bytes: u64,
     segment_size: u64,
@@ -175,6 +177,22 @@ impl Spool {
     /// The directory cannot be created or read, or a segment cannot be read.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<(Self, Vec<Replayed>)> {
         fs::create_dir_all(dir)?;
+        // Two gateways appending to one spool would corrupt it: the second one refuses to
+        // start. The lock goes with the process, however it ends.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the audit spool {} is in use by another milter-gateway",
+                    dir.display()
+                ),
+            ));
+        }
         let mut segments = Vec::new();
         let mut legacy = Vec::new();
         for dirent in fs::read_dir(dir)? {
@@ -204,6 +222,7 @@ impl Spool {
             read_segment(dir, seq, path, &mut state)?;
         }
         let shared = Arc::new(Shared {
+            _lock: lock,
             dir: dir.to_path_buf(),
             max_bytes,
             segment_size,
@@ -1148,6 +1167,20 @@ mod tests {
     }
 
     #[test]
+    fn a_second_gateway_on_the_same_spool_is_refused_until_the_first_stops() {
+        let dir = temp_dir();
+        let (first, _) = Spool::open(&dir, 1 << 20).unwrap();
+        let Err(error) = Spool::open(&dir, 1 << 20) else {
+            panic!("two spools open on one directory");
+        };
+        assert!(error.to_string().contains("in use"), "{error}");
+        drop(first);
+        let (again, _) = Spool::open(&dir, 1 << 20).unwrap();
+        drop(again);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unreadable_files_are_set_aside_not_deleted() {
         let dir = temp_dir();
         let id = MessageId::new();
@@ -1216,7 +1249,7 @@ mod tests {
             vec![(a.message_id, false), (b.message_id, true)]
         );
         assert!(
-            names(&dir).iter().all(|n| n.ends_with(".seg")),
+            names(&dir).iter().all(|n| n.ends_with(".seg") || n == "lock"),
             "{:?}",
             names(&dir)
         );
