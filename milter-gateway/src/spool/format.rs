@@ -233,7 +233,13 @@ pub fn fuzz_scan(data: &[u8]) {
         let alone = parse_record(bytes).map(|r| (r.len, r.kind, r.answered, r.id, r.json));
         assert_eq!(
             alone,
-            Some((record.len, record.kind, record.answered, record.id, record.json)),
+            Some((
+                record.len,
+                record.kind,
+                record.answered,
+                record.id,
+                record.json
+            )),
             "the record does not parse alone"
         );
     }

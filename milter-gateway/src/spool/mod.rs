@@ -1249,7 +1249,9 @@ mod tests {
             vec![(a.message_id, false), (b.message_id, true)]
         );
         assert!(
-            names(&dir).iter().all(|n| n.ends_with(".seg") || n == "lock"),
+            names(&dir)
+                .iter()
+                .all(|n| n.ends_with(".seg") || n == "lock"),
             "{:?}",
             names(&dir)
         );
