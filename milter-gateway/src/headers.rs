@@ -5,7 +5,7 @@
 //! Pure: [`modifications`] turns the message, the configuration, the verdict's variables and
 //! the module results into the list of [`Response`]s to send before the final reply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use wire::CheckResult;
 use wire::config::Config;
@@ -46,6 +46,32 @@ fn delete_all(message: &FinishedMessage, name: &str, out: &mut Vec<Response>) {
     }
 }
 
+/// The 1-based occurrence of `name` that `index` means (1 the first, -1 the last), if the
+/// message has it, with the name as that header spells it (Postfix matches names
+/// case-insensitively but writes a changed header with the name it is given). Counting from
+/// the end needs every header: not when they were cut.
+fn occurrence<'m>(message: &'m FinishedMessage, name: &str, index: i64) -> Option<(u32, &'m str)> {
+    let same: Vec<&str> = message
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.name.as_str())
+        .collect();
+    let count = i64::try_from(same.len()).ok()?;
+    let from_start = if index > 0 {
+        index
+    } else if index < 0 && !message.headers_truncated {
+        count + 1 + index
+    } else {
+        return None;
+    };
+    if !(1..=count).contains(&from_start) {
+        return None;
+    }
+    let spelled = same.get(usize::try_from(from_start - 1).ok()?)?;
+    Some((u32::try_from(from_start).ok()?, spelled))
+}
+
 /// The generated Message-ID: `<unixtime.queueid.cluegetter@host>`, host being the MTA's name
 /// (Postfix's `j`) or, when Postfix did not send it, this machine's (ClueGetter's inverted
 /// condition left it empty, spec gap C.22).
@@ -72,7 +98,8 @@ pub fn generated_message_id(message: &FinishedMessage) -> String {
     )
 }
 
-/// The modifications to send, in order: deletions, then additions, then envelope changes.
+/// The modifications to send, in order: deletions of every occurrence, changes and removals
+/// of one occurrence, insertions, additions, then envelope changes.
 /// `inserted_message_id` is the Message-ID to add when the message has none (see
 /// [`generated_message_id`]); `None` when none is to be added.
 pub fn modifications(
@@ -100,7 +127,52 @@ pub fn modifications(
         }
     }
 
-    // 2. additions: configured lines (once per recipient with %{recipient}), module headers,
+    // 2. one occurrence changed, or removed (empty value), as modules ask, counted in the
+    //    headers as received. Per name the highest occurrence goes first, so that removing one
+    //    never shifts an index still to come; for one occurrence the last module asking wins.
+    let mut changes: BTreeMap<(String, u32), (String, String)> = BTreeMap::new();
+    for change in results.iter().flat_map(|r| &r.changes.change_headers) {
+        let lower = change.name.to_ascii_lowercase();
+        if !valid_name(&change.name) || deleted.contains(&lower) {
+            continue;
+        }
+        match occurrence(message, &change.name, change.index) {
+            Some((index, spelled)) => {
+                changes.insert(
+                    (lower, index),
+                    (spelled.to_owned(), clean_value(&change.value)),
+                );
+            }
+            None => tracing::debug!(
+                message_id = %message.id,
+                header = %change.name,
+                index = change.index,
+                "a module asked to change a header occurrence the message does not have"
+            ),
+        }
+    }
+    for ((_, index), (name, value)) in changes.into_iter().rev() {
+        out.push(Response::ChangeHeader { index, name, value });
+    }
+
+    // 3. insertions, in the order asked
+    for result in results {
+        for header in &result.changes.insert_headers {
+            let value = clean_value(&header.value);
+            if let Ok(index) = u32::try_from(header.index)
+                && valid_name(&header.name)
+                && !value.is_empty()
+            {
+                out.push(Response::InsertHeader {
+                    index,
+                    name: header.name.clone(),
+                    value,
+                });
+            }
+        }
+    }
+
+    // 4. additions: configured lines (once per recipient with %{recipient}), module headers,
     //    the Message-ID, the cluegetter id
     let add = |name: &str, value: String, out: &mut Vec<Response>| {
         let value = clean_value(&value);
@@ -137,7 +209,7 @@ pub fn modifications(
         add(&config.id_header, message.id.to_string(), &mut out);
     }
 
-    // 3. envelope: the last module that asks for a new sender wins; recipients as asked
+    // 5. envelope: the last module that asks for a new sender wins; recipients as asked
     if let Some(sender) = results
         .iter()
         .rev()
@@ -314,6 +386,7 @@ mod tests {
             new_sender: Some("srs0=x@example.org".into()),
             add_recipients: vec!["d@example.net".into()],
             delete_recipients: vec!["b@example.net".into()],
+            ..MilterChanges::default()
         };
         let mut cfg = config(&[]);
         cfg.id_header = "X-Cluegetter-Id".into();
@@ -344,6 +417,131 @@ mod tests {
                 },
                 Response::AddRecipient("<d@example.net>".into()),
                 Response::DeleteRecipient("<b@example.net>".into()),
+            ]
+        );
+    }
+
+    fn change(name: &str, index: i64, value: &str) -> wire::HeaderAt {
+        wire::HeaderAt {
+            name: name.into(),
+            index,
+            value: value.into(),
+        }
+    }
+
+    fn asking(changes: MilterChanges) -> CheckResult {
+        CheckResult {
+            changes,
+            ..CheckResult::error(MessageId::new(), "rspamd", "x")
+        }
+    }
+
+    #[test]
+    fn one_occurrence_is_changed_or_removed_highest_first_and_counted_from_either_end() {
+        let m = message(&[
+            ("X-Multi", "one"),
+            ("Subject", "s"),
+            ("x-multi", "two"),
+            ("X-MULTI", "three"),
+            ("X-Gone", "g"),
+        ]);
+        let first = asking(MilterChanges {
+            change_headers: vec![
+                change("X-Multi", 1, "changed"),
+                change("X-Multi", 2, ""),
+                change("X-Multi", -1, "replaced\r\n by the second module"),
+                change("X-Multi", 4, "no fourth"),
+                change("X-Multi", -4, "no such"),
+                change("X-Multi", 0, "no zeroth"),
+                change("X-Absent", 1, "absent"),
+                change("X-Gone", 1, "removed entirely anyway"),
+                change("Bad:Name", 1, "x"),
+            ],
+            remove_headers: vec!["X-Gone".into()],
+            ..MilterChanges::default()
+        });
+        let second = asking(MilterChanges {
+            change_headers: vec![change("x-multi", 3, "last")],
+            ..MilterChanges::default()
+        });
+        let mods = modifications(&config(&[]), &m, &[first, second], &vars(), None);
+        assert_eq!(
+            mods,
+            vec![
+                Response::ChangeHeader {
+                    index: 1,
+                    name: "X-Gone".into(),
+                    value: String::new()
+                },
+                Response::ChangeHeader {
+                    index: 3,
+                    name: "X-MULTI".into(),
+                    value: "last".into()
+                },
+                Response::ChangeHeader {
+                    index: 2,
+                    name: "x-multi".into(),
+                    value: String::new()
+                },
+                Response::ChangeHeader {
+                    index: 1,
+                    name: "X-Multi".into(),
+                    value: "changed".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn counting_from_the_end_needs_every_header() {
+        let mut m = message(&[("X-Multi", "one"), ("X-Multi", "two")]);
+        m.headers_truncated = true;
+        let result = asking(MilterChanges {
+            change_headers: vec![change("X-Multi", -1, ""), change("X-Multi", 1, "kept")],
+            ..MilterChanges::default()
+        });
+        let mods = modifications(&config(&[]), &m, &[result], &vars(), None);
+        assert_eq!(
+            mods,
+            vec![Response::ChangeHeader {
+                index: 1,
+                name: "X-Multi".into(),
+                value: "kept".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn insertions_come_after_changes_and_before_additions() {
+        let m = message(&[("Subject", "s")]);
+        let result = asking(MilterChanges {
+            insert_headers: vec![
+                change("Authentication-Results", 0, "mx; spf=pass"),
+                change("X-Empty", 0, ""),
+                change("X-Negative", -1, "no"),
+            ],
+            add_headers: vec![Header::new("X-Added", "a")],
+            change_headers: vec![change("Subject", 1, "S")],
+            ..MilterChanges::default()
+        });
+        let mods = modifications(&config(&[]), &m, &[result], &vars(), None);
+        assert_eq!(
+            mods,
+            vec![
+                Response::ChangeHeader {
+                    index: 1,
+                    name: "Subject".into(),
+                    value: "S".into()
+                },
+                Response::InsertHeader {
+                    index: 0,
+                    name: "Authentication-Results".into(),
+                    value: "mx; spf=pass".into()
+                },
+                Response::AddHeader {
+                    name: "X-Added".into(),
+                    value: "a".into()
+                },
             ]
         );
     }

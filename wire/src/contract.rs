@@ -235,15 +235,34 @@ pub struct CheckRequest {
     pub stage: CheckStage,
 }
 
+/// A header with a position: see [`MilterChanges::change_headers`] and
+/// [`MilterChanges::insert_headers`] for what `index` counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderAt {
+    pub name: String,
+    pub index: i64,
+    #[serde(default)]
+    pub value: String,
+}
+
 /// Header and envelope changes a module asks the gateway to apply at end of message.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MilterChanges {
+    /// Headers appended after the message's own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub add_headers: Vec<Header>,
     /// Header names whose every occurrence is removed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remove_headers: Vec<String>,
+    /// One occurrence of a header changed, or removed when `value` is empty. `index` counts
+    /// the occurrences of `name` (case-insensitive) among the headers as received: 1 is the
+    /// first, -1 the last. An occurrence the message does not have is left alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub change_headers: Vec<HeaderAt>,
+    /// Headers inserted at a position among all headers: `index` 0 is before the first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub insert_headers: Vec<HeaderAt>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_sender: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

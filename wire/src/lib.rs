@@ -15,5 +15,5 @@ pub mod telemetry;
 pub use contract::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, BounceEvent, BounceId,
     BounceSource, CheckRequest, CheckResult, CheckStage, DeliveryReport, Envelope, Header,
-    MessageId, MilterChanges, RejectedRecipient, SessionInfo, TlsInfo, WIRE_VERSION,
+    HeaderAt, MessageId, MilterChanges, RejectedRecipient, SessionInfo, TlsInfo, WIRE_VERSION,
 };

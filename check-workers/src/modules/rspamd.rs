@@ -23,7 +23,7 @@ use rspamd_client::protocol::scan::{MailHeader, Symbol};
 use rspamd_client::{EnvelopeData, RspamdAsyncClient, RspamdScanReply};
 use serde_json::{Value, json};
 use wire::config::RspamdConfig;
-use wire::{Action, CheckRequest, CheckResult, Header, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult, Header, HeaderAt, MilterChanges, WIRE_VERSION};
 
 use crate::module::{Module, ModuleError};
 
@@ -207,9 +207,9 @@ fn to_result(request: &CheckRequest, reply: RspamdScanReply, multiplier: f64) ->
     }
 }
 
-/// rspamd's milter block as changes: headers to add in rspamd's `order`, and the names whose
-/// every occurrence is to go. rspamd can also name one occurrence (`n > 0`, or from the end
-/// `n < 0`); the wire contract cannot say that yet, so those are left out and logged.
+/// rspamd's milter block as changes: headers to add in rspamd's `order`, the names whose every
+/// occurrence is to go (`0`), and single occurrences to remove (`n > 0` the n-th, `n < 0` the
+/// n-th from the end, which is what [`wire::HeaderAt`]'s index means too).
 fn milter_changes(milter: Option<&rspamd_client::protocol::scan::Milter>) -> MilterChanges {
     let mut changes = MilterChanges::default();
     let Some(milter) = milter else {
@@ -222,19 +222,22 @@ fn milter_changes(milter: Option<&rspamd_client::protocol::scan::Milter>) -> Mil
         .map(|(name, header)| Header::new(name.as_str(), header.value.as_str()))
         .collect();
     let mut remove: Vec<&String> = Vec::new();
+    let mut remove_one: Vec<HeaderAt> = Vec::new();
     for (name, occurrence) in &milter.remove_headers {
         if *occurrence == 0 {
             remove.push(name);
         } else {
-            tracing::debug!(
-                header = %name,
-                occurrence,
-                "rspamd asks to remove one occurrence of a header; not expressible on the wire, skipped"
-            );
+            remove_one.push(HeaderAt {
+                name: name.clone(),
+                index: i64::from(*occurrence),
+                value: String::new(),
+            });
         }
     }
     remove.sort();
+    remove_one.sort_by(|a, b| a.name.cmp(&b.name).then(a.index.cmp(&b.index)));
     changes.remove_headers = remove.into_iter().cloned().collect();
+    changes.change_headers = remove_one;
     changes
 }
 
@@ -349,8 +352,16 @@ mod tests {
                 Header::new("X-Spamd-Bar", "++++++")
             ]
         );
-        // "X-Spamd-Bar": 1 names one occurrence, which the wire cannot express
+        // 0: every occurrence; 1: the first one only
         assert_eq!(result.changes.remove_headers, ["X-Spam"]);
+        assert_eq!(
+            result.changes.change_headers,
+            [HeaderAt {
+                name: "X-Spamd-Bar".into(),
+                index: 1,
+                value: String::new()
+            }]
+        );
     }
 
     #[test]

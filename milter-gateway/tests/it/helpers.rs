@@ -183,6 +183,21 @@ pub fn answer(request: &CheckRequest) -> (Duration, CheckResult) {
             result.changes.add_headers = vec![Header::new("X-Cluegetter-Test", "added")];
             result.changes.remove_headers = vec!["X-Strip-Me".to_owned()];
         }
+        "editheaders" => {
+            // one occurrence of three changed, one removed, the last one counted from the
+            // end, and one header inserted before all others
+            let at = |name: &str, index: i64, value: &str| wire::HeaderAt {
+                name: name.to_owned(),
+                index,
+                value: value.to_owned(),
+            };
+            result.changes.change_headers = vec![
+                at("X-Multi", 1, "changed"),
+                at("X-Multi", 2, ""),
+                at("x-multi", -1, "last"),
+            ];
+            result.changes.insert_headers = vec![at("X-Inserted-First", 0, "top")];
+        }
         "chgfrom" => result.changes.new_sender = Some(NEW_SENDER.to_owned()),
         "slow" => delay = SLOW,
         _ => {}

@@ -78,6 +78,60 @@ fn held(instance: &PostfixInstance) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_header_occurrences_are_changed_removed_and_inserted_as_modules_ask() {
+    let broker = TestBroker::new().unwrap();
+    let _worker = Worker::start(&broker.url).await;
+    let gateway = Gateway::start(config(&broker.url)).await;
+    gateway.wait_until_ready().await;
+    let instance = PostfixInstance::start(gateway.addr, &PostfixOptions::default()).unwrap();
+    let subject = format!("it editheaders {}", uuid::Uuid::now_v7().simple());
+    let args = [
+        "--from".to_owned(),
+        "editheaders@example.org".to_owned(),
+        "--to".to_owned(),
+        "rcpt@mailbox.test".to_owned(),
+        "--header".to_owned(),
+        format!("Subject: {subject}"),
+        "--add-header".to_owned(),
+        "X-Multi: one".to_owned(),
+        "--add-header".to_owned(),
+        "X-Multi: two".to_owned(),
+        "--add-header".to_owned(),
+        "X-Multi: three".to_owned(),
+    ];
+    let port = instance.port;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        swaks(port, &args).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        data_reply(&outcome).starts_with("250 "),
+        "{}",
+        outcome.transcript
+    );
+    let message = eventually(Duration::from_secs(20), "delivery", || async {
+        delivered(&instance, &subject)
+    })
+    .await
+    .unwrap();
+    let multi: Vec<&str> = message
+        .lines()
+        .filter(|line| line.starts_with("X-Multi:"))
+        .collect();
+    assert_eq!(multi, ["X-Multi: changed", "X-Multi: last"], "{message}");
+    let inserted = message
+        .find("\nX-Inserted-First: top\n")
+        .unwrap_or_else(|| panic!("no inserted header:\n{message}"));
+    let subject_at = message.find("\nSubject: ").unwrap();
+    assert!(
+        inserted < subject_at,
+        "inserted after the message's headers:\n{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_end_of_message_answer_as_postfix_applies_it() {
     let broker = TestBroker::new().unwrap();
     let worker = Worker::start(&broker.url).await;
