@@ -10,20 +10,27 @@ use test_support::{TestBroker, eventually};
 
 use crate::helpers::*;
 
-/// Sends one message from `sender` with a unique subject; returns the subject and what swaks
-/// saw.
+/// Sends one message from `sender` with a unique subject and an `X-Strip-Me` header; returns
+/// the subject and what swaks saw.
 async fn send(port: u16, sender: &str) -> (String, SwaksOutcome) {
+    send_with_headers(port, sender, &["X-Strip-Me: yes"]).await
+}
+
+/// Sends one message from `sender` with a unique subject and these extra header lines.
+async fn send_with_headers(port: u16, sender: &str, headers: &[&str]) -> (String, SwaksOutcome) {
     let subject = format!("it {} {}", sender, uuid::Uuid::now_v7().simple());
-    let args = [
+    let mut args = vec![
         "--from".to_owned(),
         sender.to_owned(),
         "--to".to_owned(),
         "rcpt@mailbox.test".to_owned(),
         "--header".to_owned(),
         format!("Subject: {subject}"),
-        "--add-header".to_owned(),
-        "X-Strip-Me: yes".to_owned(),
     ];
+    for header in headers {
+        args.push("--add-header".to_owned());
+        args.push((*header).to_owned());
+    }
     let outcome = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         swaks(port, &args).unwrap()
@@ -84,28 +91,12 @@ async fn single_header_occurrences_are_changed_removed_and_inserted_as_modules_a
     let gateway = Gateway::start(config(&broker.url)).await;
     gateway.wait_until_ready().await;
     let instance = PostfixInstance::start(gateway.addr, &PostfixOptions::default()).unwrap();
-    let subject = format!("it editheaders {}", uuid::Uuid::now_v7().simple());
-    let args = [
-        "--from".to_owned(),
-        "editheaders@example.org".to_owned(),
-        "--to".to_owned(),
-        "rcpt@mailbox.test".to_owned(),
-        "--header".to_owned(),
-        format!("Subject: {subject}"),
-        "--add-header".to_owned(),
-        "X-Multi: one".to_owned(),
-        "--add-header".to_owned(),
-        "X-Multi: two".to_owned(),
-        "--add-header".to_owned(),
-        "X-Multi: three".to_owned(),
-    ];
-    let port = instance.port;
-    let outcome = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        swaks(port, &args).unwrap()
-    })
-    .await
-    .unwrap();
+    let (subject, outcome) = send_with_headers(
+        instance.port,
+        "editheaders@example.org",
+        &["X-Multi: one", "X-Multi: two", "X-Multi: three"],
+    )
+    .await;
     assert!(
         data_reply(&outcome).starts_with("250 "),
         "{}",
