@@ -163,6 +163,28 @@ struct State {
 }
 
 impl State {
+    /// Makes `located` the event's latest copy, in the index and in its segment's live set.
+    fn place(&mut self, id: MessageId, located: Located) {
+        self.forget(id);
+        self.index.insert(id, located);
+        if let Some(segment) = self.segments.get_mut(&located.seq) {
+            segment.live.insert(id);
+            segment.live_bytes += located.len;
+        }
+    }
+
+    /// Drops the event from the index and its segment's live set; true when it was there.
+    fn forget(&mut self, id: MessageId) -> bool {
+        let Some(old) = self.index.remove(&id) else {
+            return false;
+        };
+        if let Some(segment) = self.segments.get_mut(&old.seq) {
+            segment.live.remove(&id);
+            segment.live_bytes = segment.live_bytes.saturating_sub(old.len);
+        }
+        true
+    }
+
     fn locate(&self, id: MessageId) -> Option<(Located, &Segment)> {
         let located = *self.index.get(&id)?;
         Some((located, self.segments.get(&located.seq)?))
@@ -356,8 +378,7 @@ impl Spool {
             .inner
             .append(&mut state, &record)
             .map_err(|e| self.io_error(e))?;
-        self.inner.place(
-            &mut state,
+        state.place(
             id,
             Located {
                 seq,
@@ -536,20 +557,6 @@ impl Shared {
         Ok(seq)
     }
 
-    /// Puts an event's new copy in the index and in its segment's live set.
-    fn place(&self, state: &mut State, id: MessageId, located: Located) {
-        if let Some(old) = state.index.insert(id, located)
-            && let Some(segment) = state.segments.get_mut(&old.seq)
-        {
-            segment.live.remove(&id);
-            segment.live_bytes = segment.live_bytes.saturating_sub(old.len);
-        }
-        if let Some(segment) = state.segments.get_mut(&located.seq) {
-            segment.live.insert(id);
-            segment.live_bytes += located.len;
-        }
-    }
-
     /// Writes the queued removals, lets a drained active segment go (`urgent`: whatever its
     /// size, as the spool is full), deletes the oldest segments that hold no event (oldest
     /// first, so that a record in a later segment never outlives what it is about) and
@@ -559,11 +566,7 @@ impl Shared {
         let removed = std::mem::take(&mut *lock(&self.removed));
         let mut markers = Vec::new();
         for id in removed {
-            if let Some(old) = state.index.remove(&id) {
-                if let Some(segment) = state.segments.get_mut(&old.seq) {
-                    segment.live.remove(&id);
-                    segment.live_bytes = segment.live_bytes.saturating_sub(old.len);
-                }
+            if state.forget(id) {
                 markers.extend_from_slice(&format::encode(Kind::Removed, false, id, &[]));
             }
         }
@@ -635,7 +638,7 @@ impl Shared {
             match moved {
                 Ok(copy) => {
                     budget = budget.saturating_sub(copy.len);
-                    self.place(state, id, copy);
+                    state.place(id, copy);
                 }
                 Err(error) => {
                     // leave it where it is: the segment stays until the event is confirmed
@@ -829,16 +832,7 @@ fn read_segment(dir: &Path, seq: u64, path: PathBuf, state: &mut State) -> io::R
                         len: record.len as u64,
                         answered: record.answered,
                     };
-                    if let Some(old) = state.index.insert(record.id, located)
-                        && let Some(segment) = state.segments.get_mut(&old.seq)
-                    {
-                        segment.live.remove(&record.id);
-                        segment.live_bytes = segment.live_bytes.saturating_sub(old.len);
-                    }
-                    if let Some(segment) = state.segments.get_mut(&seq) {
-                        segment.live.insert(record.id);
-                        segment.live_bytes += located.len;
-                    }
+                    state.place(record.id, located);
                 }
                 Ok(_) | Err(_) => {
                     // checksummed but not an event we can publish (a newer format?): keep it
@@ -848,12 +842,7 @@ fn read_segment(dir: &Path, seq: u64, path: PathBuf, state: &mut State) -> io::R
                         "a spooled audit event cannot be decoded; set aside");
                     metrics::counter!("cluegetter_gateway_spool_corrupt_total").increment(1);
                     fs::write(&aside, record.json)?;
-                    if let Some(old) = state.index.remove(&record.id)
-                        && let Some(segment) = state.segments.get_mut(&old.seq)
-                    {
-                        segment.live.remove(&record.id);
-                        segment.live_bytes = segment.live_bytes.saturating_sub(old.len);
-                    }
+                    state.forget(record.id);
                 }
             },
             Kind::Answered => {
@@ -862,12 +851,7 @@ fn read_segment(dir: &Path, seq: u64, path: PathBuf, state: &mut State) -> io::R
                 }
             }
             Kind::Removed => {
-                if let Some(old) = state.index.remove(&record.id)
-                    && let Some(segment) = state.segments.get_mut(&old.seq)
-                {
-                    segment.live.remove(&record.id);
-                    segment.live_bytes = segment.live_bytes.saturating_sub(old.len);
-                }
+                state.forget(record.id);
             }
         }
     }
