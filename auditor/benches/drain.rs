@@ -19,7 +19,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use test_support::{TestBroker, TestDb};
 use uuid::Uuid;
-use wire::broker::{AUDIT_EXCHANGE, AUDIT_QUEUE};
+use platform::broker::{AUDIT_EXCHANGE, AUDIT_QUEUE};
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckResult, Header, MessageId,
     MilterChanges, SessionInfo, TlsInfo, WIRE_VERSION,
@@ -205,9 +205,9 @@ fn event(n: usize, session: &SessionInfo) -> AuditEvent {
 }
 
 async fn fill(url: &str, events: usize) {
-    let connection = wire::broker::connect(url, "auditor-bench").await.unwrap();
+    let connection = platform::broker::connect(url, "auditor-bench").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    wire::broker::declare_audit_topology(&channel)
+    platform::broker::declare_audit_topology(&channel)
         .await
         .unwrap();
     channel
@@ -289,7 +289,7 @@ async fn one_run(events: usize) -> Run {
     let started = Instant::now();
     let process = start_auditor(&broker.url, &url);
     // Watch the queue (cheap) while it drains, and count rows (a scan) only at the end.
-    let connection = wire::broker::connect(&broker.url, "auditor-bench watch")
+    let connection = platform::broker::connect(&broker.url, "auditor-bench watch")
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use sqlx::AssertSqlSafe;
 use test_support::TestDb;
 use tokio_util::sync::CancellationToken;
-use wire::config::WebApiToken;
+use platform::config::WebApiToken;
 
 const DEFAULT_MESSAGES: u64 = 1_000_000;
 const CHUNK: u64 = 50_000;
@@ -150,7 +150,7 @@ fn main() {
         fill(&db, messages).await;
         eprintln!("fill took {:.1?}", fill_started.elapsed());
 
-        let mut config = wire::config::Config::default();
+        let mut config = platform::config::Config::default();
         config.auditor.web_api_tokens.push(WebApiToken {
             name: "bench".into(),
             sha256: auditor::web::auth::token_sha256_hex(TOKEN),

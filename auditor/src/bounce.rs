@@ -27,8 +27,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection};
 use tokio_util::sync::CancellationToken;
 use wire::BounceEvent;
-use wire::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
-use wire::config::Config;
+use platform::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
+use platform::config::Config;
 use wire::contract::{self, WireError};
 
 use crate::consume::REASON_HEADER;
@@ -111,7 +111,7 @@ async fn consume_for_ever(
             return Ok(());
         };
         let result = consume(&connection, store, max_backoff, shutdown).await;
-        wire::broker::close(&connection, 200, "auditor stopping").await;
+        platform::broker::close(&connection, 200, "auditor stopping").await;
         match result {
             Ok(()) => return Ok(()),
             Err(error) => {

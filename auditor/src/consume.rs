@@ -35,8 +35,8 @@ use sqlx::MySqlPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::AuditEvent;
-use wire::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
-use wire::config::Config;
+use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use platform::config::Config;
 use wire::contract::{self, WireError};
 
 use crate::metrics;
@@ -143,7 +143,7 @@ pub async fn run(
         tracing::info!(broker = %broker::redact(&settings.broker_url), "connected to RabbitMQ");
         let result = consume(&connection, &mut store, &settings, &mut backoff, &shutdown).await;
         // Closing returns our unacked deliveries to the queue; errors here mean it is gone anyway.
-        wire::broker::close(&connection, 200, "auditor stopping").await;
+        platform::broker::close(&connection, 200, "auditor stopping").await;
         match result {
             Ok(()) => break,
             Err(error) => {

@@ -21,7 +21,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection};
-use wire::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
 
 use crate::consume::REASON_HEADER;
 

@@ -40,7 +40,7 @@ pub use migrate::{MigrateError, migrate};
 /// # Errors
 /// `database.url` cannot be parsed.
 pub async fn run(
-    config: wire::config::Config,
+    config: platform::config::Config,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;

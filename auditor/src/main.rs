@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use wire::config::Config;
+use platform::config::Config;
 
 /// Stores cluegetter's audit events in the MySQL/MariaDB archive.
 #[derive(Debug, Parser)]
@@ -75,14 +75,14 @@ enum DeadLetters {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match wire::config::load(cli.config.as_deref(), wire::config::env_overrides()) {
+    let config = match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("auditor: {error}");
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = wire::telemetry::init_logging(&cli.log_level) {
+    if let Err(error) = platform::telemetry::init_logging(&cli.log_level) {
         eprintln!("auditor: {error}");
         return ExitCode::from(2);
     }
@@ -115,7 +115,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
     let result = async {
         if matches!(command, Command::Run) {
-            wire::telemetry::serve_metrics(config.auditor.metrics_listen)
+            platform::telemetry::serve_metrics(config.auditor.metrics_listen)
                 .map_err(anyhow::Error::msg)?;
         }
         if !migrate_with_retry(&config, &shutdown).await? {
@@ -177,7 +177,7 @@ async fn dead_letters(action: DeadLetters, config: &Config) -> anyhow::Result<()
             let moved = auditor::dead_letters::replay(url, limit).await?;
             println!(
                 "{moved} event(s) moved back to {}",
-                wire::broker::AUDIT_QUEUE
+                platform::broker::AUDIT_QUEUE
             );
         }
     }

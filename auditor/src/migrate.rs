@@ -78,7 +78,7 @@ pub fn latest_known() -> i64 {
 /// The server is unreachable ([`MigrateError::is_transient`]), the database has a migration this
 /// build does not know ([`MigrateError::SchemaNewer`]), or a migration fails.
 pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
-    let shown = wire::broker::redact(database_url);
+    let shown = platform::broker::redact(database_url);
     let unreachable = |source| MigrateError::Unreachable {
         url: shown.clone(),
         source,

@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, QueryBuilder, SqlSafeStr as _};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wire::config::Config;
+use platform::config::Config;
 
 use crate::metrics;
 use crate::store::values::pad_list;

@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wire::config::Config;
+use platform::config::Config;
 
 /// How long the publisher may go on after the listener stopped, to empty its queue; what is
 /// left stays in the spool for the next start.

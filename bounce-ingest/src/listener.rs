@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use wire::BounceSource;
-use wire::config::Config;
+use platform::config::Config;
 
 use crate::metrics;
 use crate::publish::SpoolPublisher;

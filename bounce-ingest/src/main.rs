@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use bounce_ingest::submit::{EX_TEMPFAIL, Submitted};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use wire::config::Config;
+use platform::config::Config;
 
 /// Receives Postfix's delivery reports (bounces, delay warnings) for cluegetter.
 #[derive(Debug, Parser)]
@@ -74,14 +74,14 @@ fn main() -> ExitCode {
         Command::Run => ExitCode::from(2),
         Command::Submit { .. } => ExitCode::from(EX_TEMPFAIL),
     };
-    let config = match wire::config::load(cli.config.as_deref(), wire::config::env_overrides()) {
+    let config = match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("bounce-ingest: {error}");
             return config_error;
         }
     };
-    if let Err(error) = wire::telemetry::init_logging(&cli.log_level) {
+    if let Err(error) = platform::telemetry::init_logging(&cli.log_level) {
         eprintln!("bounce-ingest: {error}");
         return config_error;
     }
@@ -131,7 +131,7 @@ async fn submit(config: Config, via: Option<SocketAddr>) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    wire::telemetry::serve_metrics(config.bounce_ingest.metrics_listen)
+    platform::telemetry::serve_metrics(config.bounce_ingest.metrics_listen)
         .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(config.bounce_ingest.listen)
         .await

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::BounceEvent;
-use wire::broker;
-use wire::config::Config;
+use platform::broker;
+use platform::config::Config;
 
 use crate::metrics;
 use crate::spool::{Spool, SpoolEntry};
@@ -135,7 +135,7 @@ async fn connect(
             Ok(channel) => return Some((connection, channel)),
             Err(error) => {
                 tracing::warn!(%error, "cannot set up the bounce channel; retrying");
-                wire::broker::close(&connection, 320, "retrying").await;
+                platform::broker::close(&connection, 320, "retrying").await;
                 tokio::select! {
                     () = stop.cancelled() => return None,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -196,7 +196,7 @@ async fn publish_loop(
                     tracing::warn!(bounce_id = %event.bounce_id, %error, retry_in = ?delay,
                         "bounce event not confirmed; retrying");
                     if let Some((connection, _)) = link.take() {
-                        wire::broker::close(&connection, 320, "reconnecting").await;
+                        platform::broker::close(&connection, 320, "reconnecting").await;
                     }
                     tokio::select! {
                         () = stop.cancelled() => break 'events,
@@ -215,6 +215,6 @@ async fn publish_loop(
         );
     }
     if let Some((connection, _)) = link {
-        wire::broker::close(&connection, 200, "shutting down").await;
+        platform::broker::close(&connection, 200, "shutting down").await;
     }
 }

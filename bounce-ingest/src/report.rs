@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use chrono::Utc;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use wire::config::Config;
+use platform::config::Config;
 use wire::contract::ParseStatus;
 use wire::{BounceEvent, BounceId, BounceSource, WIRE_VERSION};
 

@@ -215,7 +215,7 @@ fn set_aside(path: &Path) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use wire::BounceSource;
-    use wire::config::Config;
+    use platform::config::Config;
 
     use super::*;
     use crate::report::{self, Received};

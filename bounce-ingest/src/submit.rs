@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use wire::config::Config;
-use wire::{BounceEvent, BounceId, BounceSource, broker};
+use platform::config::Config;
+use platform::broker;
+use wire::{BounceEvent, BounceId, BounceSource};
 
 use crate::publish::{self, PublishError};
 use crate::report::{self, Received, read_bounded};

@@ -102,13 +102,13 @@ async fn run(
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    wire::broker::declare_check_topology(&channel, NAME)
+    platform::broker::declare_check_topology(&channel, NAME)
         .await
         .unwrap();
     eventually(Duration::from_secs(60), "the workers consuming", || async {
         let queue = channel
             .queue_declare(
-                wire::broker::check_queue(NAME).as_str().into(),
+                platform::broker::check_queue(NAME).as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
@@ -154,7 +154,7 @@ async fn run(
         async move {
             channel
                 .basic_publish(
-                    wire::broker::CHECK_EXCHANGE.into(),
+                    platform::broker::CHECK_EXCHANGE.into(),
                     NAME.into(),
                     BasicPublishOptions::default(),
                     &body,

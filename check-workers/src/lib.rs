@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
-use wire::config::{Config, KNOWN_MODULES};
+use platform::config::{Config, KNOWN_MODULES};
 
 use crate::worker::{ModuleWorker, WorkerSettings};
 
@@ -110,7 +110,7 @@ pub async fn run(
     worker::describe_metrics();
     tracing::info!(
         modules = %names.join(","),
-        broker = %wire::broker::redact(&settings.broker_url),
+        broker = %platform::broker::redact(&settings.broker_url),
         "check-workers starting"
     );
     // Fired by the settle consumer once its queue is declared: no check reserves before the

@@ -40,14 +40,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match wire::config::load(args.config.as_deref(), wire::config::env_overrides()) {
+    let config = match platform::config::load(args.config.as_deref(), platform::config::env_overrides()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("check-workers: {error}");
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = wire::telemetry::init_logging(&args.log_level) {
+    if let Err(error) = platform::telemetry::init_logging(&args.log_level) {
         eprintln!("check-workers: {error}");
         return ExitCode::from(2);
     }
@@ -79,8 +79,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: wire::config::Config, modules: Option<Vec<String>>) -> anyhow::Result<()> {
-    wire::telemetry::serve_metrics(config.check_workers.metrics_listen)
+async fn serve(config: platform::config::Config, modules: Option<Vec<String>>) -> anyhow::Result<()> {
+    platform::telemetry::serve_metrics(config.check_workers.metrics_listen)
         .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));

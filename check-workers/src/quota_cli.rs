@@ -12,7 +12,7 @@ use std::io::{Read as _, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use wire::config::Config;
+use platform::config::Config;
 
 use crate::modules::quotas::store::Shown;
 use crate::modules::quotas::{QuotaStore, Selector, import};

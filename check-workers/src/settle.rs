@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use wire::AuditEvent;
-use wire::broker;
+use platform::broker;
 
 use crate::module::error_chain;
 use crate::modules::quotas::Settler;
@@ -130,7 +130,7 @@ pub async fn serve(
         };
         let started = tokio::time::Instant::now();
         let outcome = session(&connection, &settler, ready, shutdown).await;
-        wire::broker::close(&connection, 200, "check-workers done").await;
+        platform::broker::close(&connection, 200, "check-workers done").await;
         match outcome {
             Ok(()) => return,
             Err(error) => {

@@ -39,7 +39,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer, message::Delivery};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
-use wire::broker;
+use platform::broker;
 use wire::{CheckRequest, CheckResult, WIRE_VERSION};
 
 use crate::module::{Module, error_chain};
@@ -125,7 +125,7 @@ pub async fn serve(
         let started = Instant::now();
         let outcome = session(&connection, settings, modules, shutdown).await;
         // Closing a connection that already broke fails; there is nothing to do about it.
-        wire::broker::close(&connection, 200, "check-workers done").await;
+        platform::broker::close(&connection, 200, "check-workers done").await;
         match outcome {
             Ok(()) => {
                 tracing::info!("check-workers stopped consuming");

@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::AuditEvent;
-use wire::broker;
-use wire::config::Config;
+use platform::broker;
+use platform::config::Config;
 
 use crate::spool::{Replayed, Spool, SpoolEntry, SpoolError};
 

@@ -23,7 +23,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use wire::config::{Config, FailAction};
+use platform::config::{Config, FailAction};
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckRequest, CheckResult,
     Envelope, MessageId, WIRE_VERSION,
@@ -50,7 +50,7 @@ pub struct Context {
     pub dispatcher: Dispatcher,
     pub audit: AuditPublisher,
     /// Bytes of the body the audit event carries (0: none); see
-    /// [`wire::config::GatewayConfig::audit_body_limit`].
+    /// [`platform::config::GatewayConfig::audit_body_limit`].
     pub audit_body_limit: usize,
     /// The audit events held back for late results; the server waits for them at shutdown.
     pub late: TaskTracker,
@@ -78,7 +78,7 @@ impl Context {
                 })
             })
             .collect();
-        let audit_body_limit = wire::config::GatewayConfig::audit_body_limit(&config);
+        let audit_body_limit = platform::config::GatewayConfig::audit_body_limit(&config);
         // The body is kept only as far as someone needs it: the largest module max-size, or
         // the archive's share.
         let body_limit = modules

@@ -17,8 +17,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wire::broker;
-use wire::config::Config;
+use platform::broker;
+use platform::config::Config;
 use wire::{CheckRequest, CheckResult, MessageId};
 
 /// Why a message's requests could not be sent.
@@ -169,7 +169,7 @@ async fn supervise(
         };
         match run_link(&connection, &modules, &shared, &shutdown).await {
             Ok(()) => {
-                wire::broker::close(&connection, 200, "shutting down").await;
+                platform::broker::close(&connection, 200, "shutting down").await;
                 return;
             }
             Err(error) => {
@@ -184,7 +184,7 @@ async fn supervise(
         if let Ok(mut waiters) = shared.waiters.lock() {
             waiters.clear();
         }
-        wire::broker::close(&connection, 320, "reconnecting").await;
+        platform::broker::close(&connection, 320, "reconnecting").await;
         if shutdown.is_cancelled() {
             return;
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
-use wire::config::FailAction;
+use platform::config::FailAction;
 use wire::{Action, CheckRequest, CheckResult, CheckStage, Envelope, MessageId, WIRE_VERSION};
 
 use crate::connection::{Context, ModulePlan, Transport, wait_for_results};

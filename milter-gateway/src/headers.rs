@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use wire::CheckResult;
-use wire::config::Config;
+use platform::config::Config;
 
 use crate::milter::Response;
 use crate::session::FinishedMessage;
@@ -242,7 +242,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use chrono::Utc;
     use uuid::Uuid;
-    use wire::config::AddHeader;
+    use platform::config::AddHeader;
     use wire::{Action, Header, MessageId, MilterChanges, SessionInfo};
 
     use super::*;

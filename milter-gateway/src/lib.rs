@@ -35,7 +35,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wire::config::Config;
+use platform::config::Config;
 
 /// Runs the gateway on `listener` until `shutdown` fires, then drains the connections in
 /// flight and stops its broker tasks.

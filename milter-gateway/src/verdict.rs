@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use wire::Action;
 use wire::CheckResult;
-use wire::config::{Config, OnError};
+use platform::config::{Config, OnError};
 
 /// The reason of the error rule (spec §4.5 rule 3, with ClueGetter's typo "ocurred" fixed).
 pub const INTERNAL_ERROR_REASON: &str = "An internal server error occurred";
@@ -74,7 +74,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn from_config(config: &Config) -> Self {
-        let on_error = wire::config::KNOWN_MODULES
+        let on_error = platform::config::KNOWN_MODULES
             .iter()
             .filter_map(|m| config.module(m).map(|s| ((*m).to_owned(), s.on_error())))
             .collect();

@@ -1,16 +1,15 @@
-//! The parts every cluegetter process shares.
+//! What crosses the broker between cluegetter's processes, and nothing else.
 //!
 //! Layout:
-//! - [`contract`]: what crosses the broker (check requests and results, audit events, bounce
-//!   events), with the versioning rule. The only place wire types are defined.
-//! - [`config`]: the one configuration file per host, its defaults and environment overrides.
-//! - [`broker`]: RabbitMQ connection with backoff and the exchange/queue topology.
-//! - [`telemetry`]: logging and the Prometheus endpoint for the binaries.
+//! - [`contract`]: the messages (check requests and results, audit events, bounce events), with
+//!   the versioning rule. The only place wire types are defined.
+//! - [`routing`]: the exchange, queue and routing-key names every process agrees on.
+//!
+//! **Architecture invariant**: no tokio, lapin, sqlx or configuration here; what every process
+//! runs on (config, broker and database plumbing, telemetry) is the `platform` crate's.
 
-pub mod broker;
-pub mod config;
 pub mod contract;
-pub mod telemetry;
+pub mod routing;
 
 pub use contract::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, BounceEvent, BounceId,

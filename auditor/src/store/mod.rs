@@ -110,7 +110,7 @@ impl Kinds {
         bodies: true,
     };
 
-    pub fn from_config(config: &wire::config::Config) -> Self {
+    pub fn from_config(config: &platform::config::Config) -> Self {
         let auditor = &config.auditor;
         Self {
             headers: !auditor.archive_retention_header.is_zero(),

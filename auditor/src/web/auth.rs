@@ -64,7 +64,7 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn from_config(config: &wire::config::AuditorConfig) -> Self {
+    pub fn from_config(config: &platform::config::AuditorConfig) -> Self {
         let tokens = config
             .web_api_tokens
             .iter()
@@ -598,12 +598,12 @@ mod tests {
     #[test]
     fn hashes_verify_and_tokens_round_trip() {
         let hash = hash_password("s3cret").unwrap();
-        let mut config = wire::config::AuditorConfig::default();
-        config.web_users.push(wire::config::WebUser {
+        let mut config = platform::config::AuditorConfig::default();
+        config.web_users.push(platform::config::WebUser {
             name: "pm".into(),
             password_hash: hash,
         });
-        config.web_api_tokens.push(wire::config::WebApiToken {
+        config.web_api_tokens.push(platform::config::WebApiToken {
             name: "script".into(),
             sha256: token_sha256_hex("tok"),
         });

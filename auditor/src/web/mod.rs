@@ -53,7 +53,7 @@ pub struct AppState {
 
 impl AppState {
     /// From the whole configuration: `[auditor]`'s web keys and `[quotas] reservation-ttl`.
-    pub fn new(config: &wire::config::Config, pool: MySqlPool) -> Self {
+    pub fn new(config: &platform::config::Config, pool: MySqlPool) -> Self {
         Self {
             pool,
             auth: Arc::new(auth::Auth::from_config(&config.auditor)),

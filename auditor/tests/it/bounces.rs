@@ -11,7 +11,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use sqlx::Row as _;
 use test_support::eventually;
 use uuid::Uuid;
-use wire::broker::{BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_EXCHANGE};
+use platform::broker::{BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_EXCHANGE};
 use wire::contract::{
     DeliveryReport, DsnAction, ParseStatus, PerMessageFields, RecipientReport, ReportKind,
     ReturnedHeaders, TypedValue,
@@ -28,11 +28,11 @@ struct BouncePublisher {
 
 impl BouncePublisher {
     async fn connect(url: &str) -> Self {
-        let connection = wire::broker::connect(url, "auditor-bounce-test")
+        let connection = platform::broker::connect(url, "auditor-bounce-test")
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        wire::broker::declare_bounce_topology(&channel)
+        platform::broker::declare_bounce_topology(&channel)
             .await
             .unwrap();
         channel

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use test_support::eventually;
-use wire::broker::AUDIT_QUEUE;
+use platform::broker::AUDIT_QUEUE;
 
 use crate::support::{self, Env, WAIT};
 

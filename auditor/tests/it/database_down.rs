@@ -2,7 +2,7 @@
 //! queue when it stops, and the next auditor stores it.
 
 use test_support::eventually;
-use wire::broker::AUDIT_QUEUE;
+use platform::broker::AUDIT_QUEUE;
 
 use crate::support::{self, Env, WAIT};
 

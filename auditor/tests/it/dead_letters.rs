@@ -3,7 +3,7 @@
 
 use auditor::dead_letters;
 use test_support::eventually;
-use wire::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
 
 use crate::support::{self, Env, WAIT, count};
 

@@ -3,7 +3,7 @@
 use auditor::store::{Outcome, Store};
 use sqlx::MySqlPool;
 use wire::MessageId;
-use wire::broker::AUDIT_QUEUE;
+use platform::broker::AUDIT_QUEUE;
 
 use crate::support::{self, Env, count};
 

@@ -1,7 +1,7 @@
 //! Events that can never be stored go to the dead-letter queue with the reason; the good events
 //! of the same batch are stored.
 
-use wire::broker::AUDIT_QUEUE;
+use platform::broker::AUDIT_QUEUE;
 use wire::{Action, WIRE_VERSION};
 
 use crate::support::{self, Env, count};
@@ -100,7 +100,7 @@ async fn poison_events_are_dead_lettered_and_the_rest_of_their_batch_is_stored()
         "poison and good events acked"
     );
     assert_eq!(
-        publisher.ready(wire::broker::AUDIT_DEAD_LETTER_QUEUE).await,
+        publisher.ready(platform::broker::AUDIT_DEAD_LETTER_QUEUE).await,
         0,
         "exactly four dead letters"
     );

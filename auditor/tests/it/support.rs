@@ -14,8 +14,8 @@ use test_support::{TestBroker, TestDb, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wire::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE};
-use wire::config::Config;
+use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE};
+use platform::config::Config;
 use wire::contract::RejectedRecipient;
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckResult, Header, MessageId,
@@ -123,9 +123,9 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(url: &str) -> Self {
-        let connection = wire::broker::connect(url, "auditor-test").await.unwrap();
+        let connection = platform::broker::connect(url, "auditor-test").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
-        wire::broker::declare_audit_topology(&channel)
+        platform::broker::declare_audit_topology(&channel)
             .await
             .unwrap();
         channel

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use test_support::TestDb;
 use tokio_util::sync::CancellationToken;
-use wire::config::{AuditorConfig, Config, WebApiToken, WebUser};
+use platform::config::{AuditorConfig, Config, WebApiToken, WebUser};
 use wire::{AuditEvent, Header};
 
 use crate::support;

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::broker::BOUNCE_QUEUE;
-use wire::config::Config;
+use platform::broker::BOUNCE_QUEUE;
+use platform::config::Config;
 use wire::contract::ParseStatus;
 use wire::{BounceEvent, BounceSource};
 
@@ -92,11 +92,11 @@ async fn send(addr: SocketAddr, report: &[u8]) -> String {
 
 /// The next bounce event on the auditor's queue.
 async fn next_event(broker: &TestBroker) -> BounceEvent {
-    let connection = wire::broker::connect(&broker.url, "bounce-ingest-test")
+    let connection = platform::broker::connect(&broker.url, "bounce-ingest-test")
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    wire::broker::declare_bounce_topology(&channel)
+    platform::broker::declare_bounce_topology(&channel)
         .await
         .unwrap();
     let event = eventually(WAIT, "a bounce event on the queue", || {

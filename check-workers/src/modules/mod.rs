@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wire::config::Config;
+use platform::config::Config;
 
 use crate::module::{Module, ModuleError};
 
@@ -61,7 +61,7 @@ pub enum BuildError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::config::KNOWN_MODULES;
+    use platform::config::KNOWN_MODULES;
 
     #[test]
     fn every_known_module_can_be_built() {

@@ -22,7 +22,7 @@ use rspamd_client::error::RspamdError;
 use rspamd_client::protocol::scan::{MailHeader, Symbol};
 use rspamd_client::{EnvelopeData, RspamdAsyncClient, RspamdScanReply};
 use serde_json::{Value, json};
-use wire::config::RspamdConfig;
+use platform::config::RspamdConfig;
 use wire::{Action, CheckRequest, CheckResult, Header, HeaderAt, MilterChanges, WIRE_VERSION};
 
 use crate::module::{Module, ModuleError};

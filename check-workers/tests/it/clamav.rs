@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use test_support::{TestBroker, init_test_logging};
 use tokio::net::TcpListener;
 use wire::Action;
-use wire::config::{ClamavConfig, ClamdAddress, Config};
+use platform::config::{ClamavConfig, ClamdAddress, Config};
 
 use check_workers::module::{Module as _, ModuleError, error_chain};
 use check_workers::modules::clamav::{Clamav, MALWARE_MESSAGE};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use test_support::{TestBroker, TestDb, eventually, init_test_logging};
-use wire::config::Config;
+use platform::config::Config;
 use wire::{Action, CheckRequest, CheckResult};
 
 use check_workers::module::{Module as _, error_chain};

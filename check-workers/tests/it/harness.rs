@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::config::Config;
+use platform::config::Config;
 use wire::{CheckRequest, CheckResult, Envelope, Header, MessageId, SessionInfo, WIRE_VERSION};
 
 /// GTUBE, in two halves so this file is not itself spam.
@@ -145,7 +145,7 @@ impl Gateway {
         .unwrap();
         let channel = connection.create_channel().await.unwrap();
         for module in modules {
-            wire::broker::declare_check_topology(&channel, module)
+            platform::broker::declare_check_topology(&channel, module)
                 .await
                 .unwrap();
         }
@@ -201,7 +201,7 @@ impl Gateway {
         }
         self.channel
             .basic_publish(
-                wire::broker::CHECK_EXCHANGE.into(),
+                platform::broker::CHECK_EXCHANGE.into(),
                 module.into(),
                 BasicPublishOptions::default(),
                 body,
@@ -253,7 +253,7 @@ impl Gateway {
     pub async fn ready_in_queue(&self, module: &str) -> u32 {
         self.channel
             .queue_declare(
-                wire::broker::check_queue(module).as_str().into(),
+                platform::broker::check_queue(module).as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()

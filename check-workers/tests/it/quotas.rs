@@ -13,7 +13,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use sqlx::MySqlPool;
 use test_support::{TestBroker, TestDb, eventually, init_test_logging};
-use wire::config::Config;
+use platform::config::Config;
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckRequest, CheckResult,
     MessageId, WIRE_VERSION,
@@ -163,7 +163,7 @@ fn audit_event(
 async fn publish_event(channel: &Channel, event: &AuditEvent) {
     channel
         .basic_publish(
-            wire::broker::AUDIT_EXCHANGE.into(),
+            platform::broker::AUDIT_EXCHANGE.into(),
             "".into(),
             BasicPublishOptions::default(),
             &wire::contract::encode(event),
@@ -761,7 +761,7 @@ async fn four_processes_never_permit_more_than_the_curb() {
             let queue = gateway
                 .channel
                 .queue_declare(
-                    wire::broker::check_queue(NAME).as_str().into(),
+                    platform::broker::check_queue(NAME).as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..QueueDeclareOptions::default()

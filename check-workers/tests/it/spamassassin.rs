@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use test_support::{TestBroker, init_test_logging};
 use wire::Action;
-use wire::config::{Config, VerdictMsg};
+use platform::config::{Config, VerdictMsg};
 
 use crate::harness::{Gateway, Workers, gtube, median, message_text, request};
 

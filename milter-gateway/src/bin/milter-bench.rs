@@ -106,10 +106,10 @@ struct InProcess {
 }
 
 fn start_gateway(args: &Args) -> anyhow::Result<InProcess> {
-    wire::telemetry::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
-    let mut config = wire::config::Config {
+    platform::telemetry::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
+    let mut config = platform::config::Config {
         instance: "bench".to_owned(),
-        ..wire::config::Config::default()
+        ..platform::config::Config::default()
     };
     config.broker.url = args.broker_url.clone();
     let own_spool = args

@@ -8,7 +8,7 @@ use test_support::TestBroker;
 use crate::helpers::*;
 
 /// The audit event of one message (body `Hello from tests/it.\r\n`, 22 bytes).
-async fn event_with(adjust: impl FnOnce(&mut wire::config::Config)) -> wire::AuditEvent {
+async fn event_with(adjust: impl FnOnce(&mut platform::config::Config)) -> wire::AuditEvent {
     let broker = TestBroker::new().unwrap();
     let _worker = Worker::start(&broker.url).await;
     let mut config = config(&broker.url);

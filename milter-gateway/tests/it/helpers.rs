@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use wire::config::Config;
+use platform::config::Config;
 use wire::{Action, CheckRequest, CheckResult, CheckStage, Header, MilterChanges, WIRE_VERSION};
 
 /// Whether the gateway sends the `changes` of the check results (SMFIR_ADDHEADER,
@@ -215,16 +215,16 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(broker_url: &str) -> Worker {
-        let connection = wire::broker::connect(broker_url, "milter-gateway it worker")
+        let connection = platform::broker::connect(broker_url, "milter-gateway it worker")
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        wire::broker::declare_check_topology(&channel, "rspamd")
+        platform::broker::declare_check_topology(&channel, "rspamd")
             .await
             .unwrap();
         let mut consumer = channel
             .basic_consume(
-                wire::broker::check_queue("rspamd").as_str().into(),
+                platform::broker::check_queue("rspamd").as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -556,16 +556,16 @@ pub const HELD_MESSAGE: &str = "Answered after the verdict";
 
 impl HeldWorker {
     pub async fn start(broker_url: &str, module: &str) -> HeldWorker {
-        let connection = wire::broker::connect(broker_url, "milter-gateway it held worker")
+        let connection = platform::broker::connect(broker_url, "milter-gateway it held worker")
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        wire::broker::declare_check_topology(&channel, module)
+        platform::broker::declare_check_topology(&channel, module)
             .await
             .unwrap();
         let mut consumer = channel
             .basic_consume(
-                wire::broker::check_queue(module).as_str().into(),
+                platform::broker::check_queue(module).as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -664,16 +664,16 @@ pub struct AuditTap {
 
 impl AuditTap {
     pub async fn start(broker_url: &str) -> AuditTap {
-        let connection = wire::broker::connect(broker_url, "milter-gateway it audit tap")
+        let connection = platform::broker::connect(broker_url, "milter-gateway it audit tap")
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        wire::broker::declare_audit_topology(&channel)
+        platform::broker::declare_audit_topology(&channel)
             .await
             .unwrap();
         let consumer = channel
             .basic_consume(
-                wire::broker::AUDIT_QUEUE.into(),
+                platform::broker::AUDIT_QUEUE.into(),
                 "".into(),
                 BasicConsumeOptions {
                     no_ack: true,

@@ -18,7 +18,7 @@ use crate::helpers::*;
 
 /// rspamd by [`Worker`] (by sender), spamassassin by [`HeldWorker`], breaker at 5.
 async fn start(
-    adjust: impl FnOnce(&mut wire::config::Config),
+    adjust: impl FnOnce(&mut platform::config::Config),
 ) -> (TestBroker, Worker, HeldWorker, Gateway, std::path::PathBuf) {
     let broker = TestBroker::new().unwrap();
     let worker = Worker::start(&broker.url).await;

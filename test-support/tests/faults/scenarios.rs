@@ -17,7 +17,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
 use tokio::time::Instant;
 use wire::AuditEvent;
-use wire::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE, AUDIT_QUEUE};
+use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE, AUDIT_QUEUE};
 
 use crate::account::{self, Accounting};
 use crate::client::{Drive, Load, Sent};
@@ -113,9 +113,9 @@ struct BrokerLink {
 
 impl BrokerLink {
     async fn open(url: &str) -> Result<Self> {
-        let connection = wire::broker::connect(url, "faults-test").await?;
+        let connection = platform::broker::connect(url, "faults-test").await?;
         let channel = connection.create_channel().await?;
-        wire::broker::declare_audit_topology(&channel).await?;
+        platform::broker::declare_audit_topology(&channel).await?;
         Ok(Self {
             connection,
             channel,

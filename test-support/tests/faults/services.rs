@@ -165,7 +165,7 @@ impl PrivateBroker {
         let url = self.url();
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            match wire::broker::connect(&url, "faults-probe").await {
+            match platform::broker::connect(&url, "faults-probe").await {
                 Ok(connection) => {
                     let _ = connection.close(200, "probe".into()).await;
                     return Ok(());

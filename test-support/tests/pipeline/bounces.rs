@@ -23,7 +23,7 @@ use sqlx::Row as _;
 use test_support::eventually;
 use test_support::postfix::{PostfixOptions, free_port};
 use uuid::Uuid;
-use wire::config::Config;
+use platform::config::Config;
 
 use crate::{Extras, Pipeline};
 

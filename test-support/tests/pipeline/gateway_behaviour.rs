@@ -131,8 +131,8 @@ async fn a_module_without_workers_tempfails_within_its_timeout_and_is_archived_a
 async fn unique_headers_are_replaced_and_a_missing_message_id_is_inserted() {
     let pipeline = Pipeline::start(|c| {
         c.add_header = vec![
-            wire::config::AddHeader::parse("[U] X-Spam-Flag: %{spamFlag}").unwrap(),
-            wire::config::AddHeader::parse("X-Scanned: cluegetter at %{hostname}").unwrap(),
+            platform::config::AddHeader::parse("[U] X-Spam-Flag: %{spamFlag}").unwrap(),
+            platform::config::AddHeader::parse("X-Scanned: cluegetter at %{hostname}").unwrap(),
         ];
     })
     .await

@@ -29,16 +29,16 @@ async fn held_spamassassin(
     release: Arc<Notify>,
     stop: CancellationToken,
 ) -> lapin::Connection {
-    let connection = wire::broker::connect(broker_url, "late results spamassassin")
+    let connection = platform::broker::connect(broker_url, "late results spamassassin")
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    wire::broker::declare_check_topology(&channel, "spamassassin")
+    platform::broker::declare_check_topology(&channel, "spamassassin")
         .await
         .unwrap();
     let mut consumer = channel
         .basic_consume(
-            wire::broker::check_queue("spamassassin").as_str().into(),
+            platform::broker::check_queue("spamassassin").as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -114,7 +114,7 @@ async fn a_result_after_the_breaker_fired_is_archived_marked_late() {
     .await
     .unwrap();
     // the real check worker, for rspamd only
-    let mut workers_config = wire::config::Config::default();
+    let mut workers_config = platform::config::Config::default();
     workers_config.broker.url = pipeline.broker.url.clone();
     workers_config.broker.reconnect_max_backoff = Duration::from_millis(500);
     workers_config.database.url = pipeline.db.url.clone();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
-use wire::config::ClamdAddress;
+use platform::config::ClamdAddress;
 
 /// Bytes per INSTREAM chunk.
 const CHUNK: usize = 64 * 1024;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use wire::config::{ClamavConfig, ClamdAddress};
+use platform::config::{ClamavConfig, ClamdAddress};
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use self::clamd::{ClamdError, Verdict};

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use serde_json::{Value, json};
-use wire::config::{Config, GreylistingConfig};
+use platform::config::{Config, GreylistingConfig};
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use self::spf::{SpfOutcome, SpfWhitelist};

@@ -41,7 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::json;
-use wire::config::{Config, QuotasConfig};
+use platform::config::{Config, QuotasConfig};
 use wire::{Action, AuditEvent, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use crate::module::{Module, ModuleError};

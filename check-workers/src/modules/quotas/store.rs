@@ -37,7 +37,7 @@ use serde::Serialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{Executor as _, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
 use wire::MessageId;
-use wire::config::Config;
+use platform::config::Config;
 
 use super::import::{ImportTable, Table};
 use super::{Factor, Selector};

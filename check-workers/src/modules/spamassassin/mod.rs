@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 use tokio::net::TcpStream;
-use wire::config::SpamAssassinConfig;
+use platform::config::SpamAssassinConfig;
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use self::spamd::{ExchangeError, Reply};
@@ -187,7 +187,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use chrono::Utc;
-    use wire::config::VerdictMsg;
+    use platform::config::VerdictMsg;
     use wire::{Envelope, MessageId, SessionInfo};
 
     use self::spamd::Fact;

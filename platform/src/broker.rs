@@ -22,23 +22,9 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-pub const CHECK_EXCHANGE: &str = "cluegetter.check";
-pub const AUDIT_EXCHANGE: &str = "cluegetter.audit";
-pub const AUDIT_QUEUE: &str = "cluegetter.audit.archive";
-pub const AUDIT_DEAD_LETTER_QUEUE: &str = "cluegetter.audit.dead-letter";
-pub const BOUNCE_EXCHANGE: &str = "cluegetter.bounce";
-pub const BOUNCE_QUEUE: &str = "cluegetter.bounce.archive";
-pub const BOUNCE_DEAD_LETTER_QUEUE: &str = "cluegetter.bounce.dead-letter";
+// The names are the contract's; re-exported so that the code declaring topology finds both here.
+pub use wire::routing::*;
 
-/// The durable queue a module's workers consume.
-pub fn check_queue(module: &str) -> String {
-    format!("cluegetter.check.{module}")
-}
-
-/// One connection attempt.
-///
-/// # Errors
-/// The broker is unreachable or refuses the login or vhost.
 /// Longest [`close`] waits for the broker's Close-Ok.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -53,6 +39,10 @@ pub async fn close(connection: &Connection, code: u16, reason: &str) {
     }
 }
 
+/// One connection attempt.
+///
+/// # Errors
+/// The broker is unreachable or refuses the login or vhost.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties).await
