@@ -1,9 +1,14 @@
 //! The per-connection state machine: which command may come when, and what we keep.
 //!
-//! Pure: [`Session::on_command`] takes one decoded [`Command`] and says what to do ([`Step`]);
-//! it never awaits and does no I/O (that is `connection.rs`). It accepts exactly the orders
-//! Postfix sends (several messages per connection, ABORT at any point, HELO again after
-//! STARTTLS or RSET) and answers anything else with [`ProtocolError::OutOfOrder`].
+//! [`Session::on_command`] takes one decoded [`Command`] and says what to do ([`Step`]); it
+//! never awaits and does no I/O (that is `connection.rs`). Not pure in two ways, both
+//! stamps: it reads the wall clock (`connected_at` at CONNECT, `received_at` at end of
+//! message) and mints UUID v7 ids (the session id when the session starts and again at
+//! QUIT_NC, the message id at MAIL). Everything else is a function of the commands.
+//!
+//! It accepts exactly the orders Postfix sends (several messages per connection, ABORT at any
+//! point, HELO again after STARTTLS or RSET) and answers anything else with
+//! [`ProtocolError::OutOfOrder`].
 //!
 //! Memory is bounded: the body is kept up to `body_limit` bytes (the largest of the enabled
 //! content modules' `max-size` and the audit event's `audit-body-max-size`), headers up to `max_headers` and `max_header_bytes`; beyond that the

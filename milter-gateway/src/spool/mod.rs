@@ -25,6 +25,13 @@
 //!
 //! The size bound counts the bytes written to segments, dead records included, until their
 //! segment is deleted.
+//!
+//! Here: the handle ([`Spool`]), the index of latest copies and appending (with rotation to
+//! a new segment). Beside it: [`format`] (the record format and its parser), `segment.rs`
+//! (segment files: made, read back, read at start, deleted, set aside), `sync.rs` (the spool's
+//! thread and the handle that stops it), `legacy.rs` (importing the old format) and
+//! `latest.rs` (the last record about an id wins: one pure function, shared by the replay at
+//! start and [`inspect`]).
 
 pub mod format;
 mod latest;

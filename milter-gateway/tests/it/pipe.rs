@@ -85,7 +85,10 @@ impl Pipe {
         self.broker_shutdown.cancel();
         self.background.close();
         self.background.wait().await;
-        let events = spooled(&self.spool_dir).into_iter().map(|(_, e)| e).collect();
+        let events = spooled(&self.spool_dir)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
         let _ = std::fs::remove_dir_all(&self.spool_dir);
         events
     }
