@@ -10,22 +10,21 @@
 //! reply among the message's refused recipients, so the audit record shows it; a refused
 //! client or HELO has no message, and is logged and counted.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 use tracing::Instrument;
-use platform::config::FailAction;
-use wire::{Action, CheckRequest, CheckResult, CheckStage, Envelope, MessageId, WIRE_VERSION};
+use wire::{Action, CheckRequest, Envelope, MessageId, WIRE_VERSION};
 
-use crate::connection::{Context, ModulePlan, Transport, wait_for_results};
+use crate::context::{Context, Io, ModulePlan, Transport};
 use crate::milter::{ProtocolError, Response};
-use crate::reply;
+use crate::outcome::{self, Facts, Judged, Spooled};
 use crate::session::EarlyCheck;
 use crate::verdict;
+use crate::wait;
 
 /// What to send for the stage, and whether the recipient asked about is refused.
 pub struct Answer {
-    pub response: Response,
+    /// The responses, in order.
+    pub answer: Vec<Response>,
     /// The reply given when an RCPT was refused (for [`crate::session::Session::refuse_recipient`]).
     pub refused_recipient: Option<String>,
 }
@@ -33,7 +32,7 @@ pub struct Answer {
 impl Answer {
     fn proceed() -> Self {
         Self {
-            response: Response::Continue,
+            answer: vec![Response::Continue],
             refused_recipient: None,
         }
     }
@@ -41,8 +40,8 @@ impl Answer {
 
 /// Asks the stage's modules and decides. Sends SMFIR_PROGRESS while it waits, like end of
 /// message; the per-message deadline bounds the wait here too.
-pub async fn answer(
-    framed: &mut Transport,
+pub async fn answer<T: Io>(
+    framed: &mut Transport<T>,
     ctx: &Context,
     check: &EarlyCheck,
 ) -> Result<Answer, ProtocolError> {
@@ -52,8 +51,8 @@ pub async fn answer(
     decide(framed, ctx, check).instrument(span).await
 }
 
-async fn decide(
-    framed: &mut Transport,
+async fn decide<T: Io>(
+    framed: &mut Transport<T>,
     ctx: &Context,
     check: &EarlyCheck,
 ) -> Result<Answer, ProtocolError> {
@@ -76,8 +75,21 @@ async fn decide(
     }
 
     let started = Instant::now();
-    let (results, failure) = collect(framed, ctx, check, &plans, started).await?;
-    let decision = verdict::decide(&ctx.policy, &results);
+    // A fresh id per check: it is the replies' correlation id, so a late answer can never
+    // pass for the message's own result.
+    let id = MessageId::new();
+    // What comes after this answer is of no use (the stage is past, nothing is audited): the
+    // late results are dropped with `asked`.
+    let asked = wait::ask(
+        framed,
+        ctx,
+        id,
+        &plans,
+        |plan| request_for(ctx, plan, check, id),
+        started,
+    )
+    .await?;
+    let decision = verdict::decide(&ctx.policy, &asked.results);
     let client_ip = client.map(|ip| ip.to_string()).unwrap_or_default();
     let vars = verdict::Vars::new(
         &ctx.policy,
@@ -85,45 +97,39 @@ async fn decide(
         &client_ip,
         &check.session.mta_hostname,
     );
-    let (verdict_action, reason) = match &failure {
-        Some(_) => (
-            Action::Tempfail,
-            "The message could not be checked right now, please try again later".to_owned(),
-        ),
-        None => (
-            decision.action,
-            verdict::substitute(&decision.reason, &vars),
-        ),
+    let judged = match &asked.failure {
+        Some(failure) => Judged::Failed(failure.clone()),
+        None => Judged::Decided {
+            action: decision.action,
+            reason: verdict::substitute(&decision.reason, &vars),
+        },
     };
-    let applied = if ctx.config.noop {
-        Action::Permit
-    } else if failure.is_some() {
-        match ctx.config.gateway.fail_action {
-            FailAction::Tempfail => Action::Tempfail,
-            FailAction::Accept => Action::Permit,
-        }
-    } else {
-        match verdict_action {
-            // whole-message actions: end of message asks again and applies them
-            Action::Discard | Action::Quarantine => Action::Permit,
-            action => action,
-        }
-    };
+    let outcome = outcome::outcome(&Facts {
+        stage,
+        judged,
+        noop: ctx.config.noop,
+        whitelisted: false,
+        fail_action: ctx.config.gateway.fail_action,
+        spooled: Spooled::NotUsed,
+        queue_id: "",
+    });
+    let (verdict_action, applied, reason) = (outcome.verdict, outcome.applied, &outcome.reason);
     let elapsed = started.elapsed();
     metrics::counter!("cluegetter_gateway_stage_checks_total", "stage" => stage.as_str(),
         "verdict" => verdict_action.as_str(), "applied" => applied.as_str())
     .increment(1);
     metrics::histogram!("cluegetter_gateway_stage_check_seconds", "stage" => stage.as_str())
         .record(elapsed.as_secs_f64());
-    let modules: Vec<String> = results
+    let modules: Vec<String> = asked
+        .results
         .iter()
         .map(|r| format!("{}={}:{}", r.module, r.action, r.score))
         .collect();
-    let reply_text = reply::smtp_reply(applied, &reason, "");
-    if let Some(text) = &reply_text {
+    let failure = asked.failure.as_deref().unwrap_or("");
+    if let Some(Response::ReplyCode(text)) = outcome.answer.first() {
         tracing::info!(verdict = %verdict_action, %applied, reply = %text, ?modules,
-            noop = ctx.config.noop, failure = failure.as_deref().unwrap_or(""),
-            elapsed_ms = elapsed.as_millis() as u64, "refused before end of message");
+            noop = ctx.config.noop, failure, elapsed_ms = elapsed.as_millis() as u64,
+            "refused before end of message");
     } else if matches!(verdict_action, Action::Reject | Action::Tempfail) {
         // noop: what would have been refused is what a postmaster trying noop looks for
         tracing::info!(verdict = %verdict_action, %applied, ?modules, noop = ctx.config.noop,
@@ -133,17 +139,14 @@ async fn decide(
         tracing::debug!(verdict = %verdict_action, %applied, ?modules, noop = ctx.config.noop,
             elapsed_ms = elapsed.as_millis() as u64, reason = %reason, "stage check passed");
     }
-    Ok(match reply_text {
-        Some(text) => Answer {
-            refused_recipient: (stage == CheckStage::Rcpt).then(|| text.clone()),
-            response: Response::ReplyCode(text),
-        },
-        None => Answer::proceed(),
+    Ok(Answer {
+        answer: outcome.answer,
+        refused_recipient: outcome.refused_recipient,
     })
 }
 
 /// The request one module gets at an early stage: the session, and at RCPT the sender and
-/// that one recipient. A fresh id per check: it is the reply's correlation id.
+/// that one recipient, correlated as `id`.
 fn request_for(
     ctx: &Context,
     plan: &ModulePlan,
@@ -171,32 +174,4 @@ fn request_for(
         sent_at: chrono::Utc::now(),
         stage: check.stage,
     }
-}
-
-/// Asks the plans and waits for them ([`wait_for_results`]). `Err` only when the MTA link
-/// fails; a broker that cannot be asked is the second value, the failure.
-async fn collect(
-    framed: &mut Transport,
-    ctx: &Context,
-    check: &EarlyCheck,
-    plans: &[&ModulePlan],
-    started: Instant,
-) -> Result<(Vec<CheckResult>, Option<String>), ProtocolError> {
-    let id = MessageId::new();
-    let requests: Vec<(CheckRequest, Duration)> = plans
-        .iter()
-        .map(|plan| (request_for(ctx, plan, check, id), plan.timeout))
-        .collect();
-    let mut pending = match ctx.dispatcher.ask(id, &requests).await {
-        Ok(pending) => pending,
-        Err(error) => {
-            tracing::warn!(%error, "no stage verdict possible");
-            metrics::counter!("cluegetter_gateway_broker_unavailable_total").increment(1);
-            return Ok((Vec::new(), Some(error.to_string())));
-        }
-    };
-    // what comes after this answer is of no use: the stage is past, and nothing is audited
-    let (results, _outstanding) =
-        wait_for_results(framed, ctx, &mut pending, plans, id, started).await?;
-    Ok((results, None))
 }

@@ -4,8 +4,12 @@
 //! - [`run`]: wires the parts together; `main.rs` only parses flags, loads the configuration
 //!   and binds.
 //! - [`server`]: the listener (connection cap, graceful drain).
-//! - [`connection`]: one milter connection; end of message: ask, wait, decide, answer, audit.
+//! - [`connection`]: one milter connection (generic over the transport); end of message: ask,
+//!   wait, decide, answer, audit.
 //! - [`early`]: the checks before end of message (`[stage-checks]`: CONNECT, HELO, RCPT).
+//! - [`context`]: what every connection shares; [`wait`]: asking modules and waiting for
+//!   their results (both used by `connection` and `early`).
+//! - [`outcome`]: the fail policy, what is applied and answered (pure).
 //! - [`session`]: the protocol state machine (pure).
 //! - [`milter`]: the wire protocol (codec, commands, responses, negotiation).
 //! - [`dispatch`]: check requests and results over RabbitMQ (RPC with correlation ids).
@@ -18,15 +22,18 @@
 pub mod audit;
 pub mod connection;
 pub mod content;
+pub mod context;
 pub mod dispatch;
 pub mod early;
 pub mod headers;
 pub mod milter;
+pub mod outcome;
 pub mod reply;
 pub mod server;
 pub mod session;
 pub mod spool;
 pub mod verdict;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -68,7 +75,7 @@ pub async fn run(
         ?modules,
         "milter gateway ready"
     );
-    let ctx = Arc::new(connection::Context::new(config, dispatcher, audit));
+    let ctx = Arc::new(context::Context::new(config, dispatcher, audit));
     server::serve(listener, ctx, shutdown).await;
     broker_shutdown.cancel();
     background.close();

@@ -10,7 +10,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Context};
+use crate::connection;
+use crate::context::Context;
 
 /// Longest a shutdown waits for connections in the middle of a message.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,11 +43,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellat
             }
         };
         let _ = stream.set_nodelay(true);
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
         metrics::gauge!("cluegetter_gateway_connections").increment(1.0);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            connection::serve(stream, ctx, shutdown).await;
+            connection::serve(stream, &peer, ctx, shutdown).await;
             metrics::gauge!("cluegetter_gateway_connections").decrement(1.0);
             drop(permit);
         });

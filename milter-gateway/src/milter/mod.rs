@@ -4,12 +4,14 @@
 //! - [`command`]: MTA → filter commands.
 //! - [`response`]: filter → MTA replies and modifications.
 //! - [`optneg`]: negotiation constants and the subset we answer with.
-//! - [`fuzz`]: the codec's fuzz oracle (`fuzz/fuzz_targets/milter_codec.rs` calls it).
+//! - `fuzz`: the codec's fuzz oracle (`fuzz/fuzz_targets/milter_codec.rs` calls it); only
+//!   in tests and fuzzing builds (`--cfg fuzzing`).
 //!
 //! Nothing here knows about session stages; that is `crate::session`.
 
 pub mod codec;
 pub mod command;
+#[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod optneg;
 pub mod response;

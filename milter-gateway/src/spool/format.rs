@@ -210,8 +210,11 @@ pub fn scan(data: &[u8]) -> Result<Scan<'_>, NotASegment> {
 /// found lie inside the data in order without overlapping, each is exactly what encoding
 /// it again gives, and damage is only reported where bytes were not records.
 ///
+/// Compiled only for tests and fuzzing (`--cfg fuzzing`, which cargo-fuzz sets).
+///
 /// # Panics
 /// When the scanner breaks one of those rules.
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_scan(data: &[u8]) {
     let _ = scan(data);
     let mut file = FILE_MAGIC.to_vec();

@@ -25,31 +25,36 @@
 //!
 //! The size bound counts the bytes written to segments, dead records included, until their
 //! segment is deleted.
+//!
+//! Here: the handle ([`Spool`]), the index of latest copies and appending (with rotation to
+//! a new segment). Beside it: [`format`] (the record format and its parser), `segment.rs`
+//! (segment files: made, read back, read at start, deleted, set aside), `sync.rs` (the spool's
+//! thread and the handle that stops it), `legacy.rs` (importing the old format) and
+//! `latest.rs` (the last record about an id wins: one pure function, shared by the replay at
+//! start and [`inspect`]).
 
 pub mod format;
+mod latest;
+mod legacy;
+mod segment;
+mod sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use wire::{AuditEvent, MessageId};
 
 use format::Kind;
-
-/// How often written segments are synced (as a group) and removals written.
-const SYNC_EVERY: Duration = Duration::from_millis(5);
-/// Largest segment (smaller spools get smaller segments: an eighth of the bound).
-const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
-const SEGMENT_MIN: u64 = 64 * 1024;
-/// Bytes of waiting events copied forward out of an old segment per round of the sync thread.
-const COMPACT_PER_ROUND: u64 = 1024 * 1024;
-/// The old spool's file header (one file per event).
-const LEGACY_MAGIC: &[u8] = b"cluegetter-spool 1\n";
+use latest::Said;
+use segment::{
+    SEGMENT_MAX, SEGMENT_MIN, Segment, create_segment, delete, read_record, read_segment,
+};
+use sync::{Inner, sync_loop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -84,31 +89,6 @@ pub struct Spool {
     inner: Arc<Inner>,
 }
 
-/// The spool's handle: when the last clone goes, the sync thread is stopped and one last
-/// round writes the queued removals.
-struct Inner {
-    shared: Arc<Shared>,
-    /// Wakes the sync thread. Capacity 1, so signals coalesce; dropped to stop it.
-    wake: Option<std_mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::ops::Deref for Inner {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.shared
-    }
-}
-
-impl Inner {
-    fn wake(&self) {
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
-    }
-}
-
 /// What the handle and the sync thread share.
 struct Shared {
     /// Held (`flock`) while the spool is open.
@@ -128,18 +108,6 @@ struct Located {
     offset: u64,
     len: u64,
     answered: bool,
-}
-
-struct Segment {
-    path: PathBuf,
-    file: Arc<File>,
-    /// Where the next record goes (the file magic included); the bytes it counts for the bound.
-    written: u64,
-    /// Bytes preallocated.
-    capacity: u64,
-    /// Events whose latest copy is here and not removed.
-    live: HashSet<MessageId>,
-    live_bytes: u64,
 }
 
 #[derive(Default)]
@@ -222,12 +190,11 @@ impl Spool {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
+            if let Some(seq) = segment::seq_of(&path) {
+                segments.push((seq, path));
+                continue;
+            }
             match name.rsplit_once('.') {
-                Some((stem, "seg")) => {
-                    if let Ok(seq) = u64::from_str_radix(stem, 16) {
-                        segments.push((seq, path));
-                    }
-                }
                 Some((_, "event" | "answered")) => legacy.push(path),
                 Some((_, "tmp")) => {
                     let _ = fs::remove_file(&path);
@@ -462,39 +429,6 @@ impl Spool {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Imports the old spool's one-file-per-event files, then deletes them once their
-    /// records are synced.
-    fn import_legacy(&self, files: &[PathBuf]) -> io::Result<()> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        let mut imported = Vec::new();
-        for path in files {
-            let answered = path.extension().is_some_and(|e| e == "answered");
-            match read_legacy(path) {
-                Ok(event) => {
-                    let entry = self
-                        .write(&event)
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    if answered {
-                        self.mark_answered(&entry);
-                    }
-                    imported.push(path.clone());
-                }
-                Err(error) => set_aside(path, &error.to_string()),
-            }
-        }
-        self.inner.sync_round(false);
-        for path in &imported {
-            fs::remove_file(path)?;
-        }
-        tracing::info!(
-            events = imported.len(),
-            "imported the audit events of the old spool format"
-        );
-        Ok(())
-    }
 }
 
 impl Shared {
@@ -556,344 +490,11 @@ impl Shared {
         metrics::gauge!("cluegetter_gateway_spool_segments").set(state.segments.len() as f64);
         Ok(seq)
     }
-
-    /// Writes the queued removals, lets a drained active segment go (`urgent`: whatever its
-    /// size, as the spool is full), deletes the oldest segments that hold no event (oldest
-    /// first, so that a record in a later segment never outlives what it is about) and
-    /// copies the few events of a mostly dead oldest segment forward. Returns true when more
-    /// is left to do.
-    fn reclaim(&self, state: &mut State, urgent: bool) -> bool {
-        let removed = std::mem::take(&mut *lock(&self.removed));
-        let mut markers = Vec::new();
-        for id in removed {
-            if state.forget(id) {
-                markers.extend_from_slice(&format::encode(Kind::Removed, false, id, &[]));
-            }
-        }
-        if !markers.is_empty()
-            && let Err(error) = self.append(state, &markers)
-        {
-            // a replay would publish them again (the auditor ignores duplicates)
-            tracing::warn!(%error, "cannot record confirmed audit events in the spool");
-        }
-        if let Some(active) = state.active
-            && let Some(segment) = state.segments.get(&active)
-            && segment.live.is_empty()
-            && (urgent || segment.written >= self.segment_size / 2)
-        {
-            state.active = None;
-        }
-        self.delete_drained(state);
-        let more = self.compact(state);
-        self.delete_drained(state);
-        more
-    }
-
-    fn delete_drained(&self, state: &mut State) {
-        while let Some(entry) = state.segments.first_entry() {
-            if Some(*entry.key()) == state.active || !entry.get().live.is_empty() {
-                break;
-            }
-            let segment = entry.remove();
-            state.used = state.used.saturating_sub(segment.written);
-            state.doomed.push(segment.path);
-        }
-        metrics::gauge!("cluegetter_gateway_spool_segments").set(state.segments.len() as f64);
-    }
-
-    /// Copies forward the events left in the oldest segment when they are at most half of
-    /// it, up to [`COMPACT_PER_ROUND`] bytes. True when some are left to copy.
-    fn compact(&self, state: &mut State) -> bool {
-        let Some((&oldest, segment)) = state.segments.first_key_value() else {
-            return false;
-        };
-        if Some(oldest) == state.active
-            || segment.live.is_empty()
-            || segment.live_bytes * 2 > segment.written
-        {
-            return false;
-        }
-        let ids: Vec<MessageId> = segment.live.iter().copied().collect();
-        let mut budget = COMPACT_PER_ROUND;
-        for id in ids {
-            if budget == 0 {
-                return true;
-            }
-            let Some((located, segment)) = state.locate(id) else {
-                continue;
-            };
-            let moved = read_record(segment, located).and_then(|bytes| {
-                let record = format::parse_record(&bytes).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidData, "damaged spool record")
-                })?;
-                let copy = format::encode(Kind::Event, located.answered, id, record.json);
-                let (seq, offset) = self.append(state, &copy)?;
-                Ok(Located {
-                    seq,
-                    offset,
-                    len: copy.len() as u64,
-                    answered: located.answered,
-                })
-            });
-            match moved {
-                Ok(copy) => {
-                    budget = budget.saturating_sub(copy.len);
-                    state.place(id, copy);
-                }
-                Err(error) => {
-                    // leave it where it is: the segment stays until the event is confirmed
-                    tracing::warn!(message_id = %id, %error, "cannot copy a spooled event forward");
-                    return false;
-                }
-            }
-        }
-        false
-    }
-
-    /// One round of the sync thread: reclaim, sync what was written, delete drained
-    /// segments, prepare a spare. True when more is left to do.
-    fn sync_round(&self, prepare_spare: bool) -> bool {
-        let mut state = self.lock();
-        let more = self.reclaim(&mut state, false);
-        let unsynced = std::mem::take(&mut state.unsynced);
-        let created = std::mem::take(&mut state.created);
-        let doomed = std::mem::take(&mut state.doomed);
-        let spare_seq = if prepare_spare && state.spare.is_none() {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            Some(seq)
-        } else {
-            None
-        };
-        self.publish_gauges(&state);
-        drop(state);
-
-        for file in unsynced.values() {
-            if let Err(error) = file.sync_data() {
-                tracing::warn!(dir = %self.dir.display(), %error, "cannot sync the audit spool");
-            }
-        }
-        if created && let Err(error) = File::open(&self.dir).and_then(|d| d.sync_all()) {
-            tracing::warn!(dir = %self.dir.display(), %error, "cannot sync the audit spool's directory");
-        }
-        delete(&doomed);
-        if let Some(seq) = spare_seq {
-            match create_segment(&self.dir, seq, self.segment_size) {
-                Ok(spare) => {
-                    let mut state = self.lock();
-                    state.created = true;
-                    if let Some((_, stale)) = state.spare.replace((seq, spare)) {
-                        state.doomed.push(stale.path);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(dir = %self.dir.display(), %error, "cannot prepare a spool segment");
-                }
-            }
-        }
-        more
-    }
-
-    fn publish_gauges(&self, state: &State) {
-        metrics::gauge!("cluegetter_gateway_spool_bytes").set(state.used as f64);
-        metrics::gauge!("cluegetter_gateway_spool_events").set(state.index.len() as f64);
-        metrics::gauge!("cluegetter_gateway_spool_segments").set(state.segments.len() as f64);
-    }
-}
-
-impl Drop for Inner {
-    /// The last `Spool` is gone (the gateway stops): stop the sync thread, then write the
-    /// queued removals and sync, so that the next start does not publish confirmed events
-    /// again, and nothing is written after this returns.
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.sync_round(false);
-        let state = self.lock();
-        let mut doomed = state.doomed.clone();
-        if let Some((_, spare)) = &state.spare {
-            doomed.push(spare.path.clone());
-        }
-        drop(state);
-        delete(&doomed);
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // nothing panics while holding these; if something did, the data is still consistent
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:016x}.seg"))
-}
-
-fn create_segment(dir: &Path, seq: u64, capacity: u64) -> io::Result<Segment> {
-    let path = segment_path(dir, seq);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    // Blocks allocated now, so that appending never waits for an allocation; where the file
-    // system cannot, appending still works.
-    if let Err(error) =
-        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, capacity)
-    {
-        tracing::debug!(%error, "cannot preallocate a spool segment");
-    }
-    file.write_all(format::FILE_MAGIC)?;
-    Ok(Segment {
-        path,
-        file: Arc::new(file),
-        written: format::FILE_MAGIC.len() as u64,
-        capacity,
-        live: HashSet::new(),
-        live_bytes: 0,
-    })
-}
-
-fn read_record(segment: &Segment, located: Located) -> io::Result<Vec<u8>> {
-    let len = usize::try_from(located.len).map_err(io::Error::other)?;
-    let mut bytes = vec![0; len];
-    segment.file.read_exact_at(&mut bytes, located.offset)?;
-    Ok(bytes)
-}
-
-fn delete(paths: &[PathBuf]) {
-    for path in paths {
-        if let Err(error) = fs::remove_file(path)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(file = %path.display(), %error, "cannot delete a spool segment");
-        }
-    }
-}
-
-/// Never delete what we cannot read: set it aside for the operator.
-fn set_aside(path: &Path, why: &str) {
-    let mut corrupt = path.as_os_str().to_owned();
-    corrupt.push(".corrupt");
-    tracing::error!(file = %path.display(), moved_to = ?corrupt, why,
-        "unreadable audit spool file set aside");
-    metrics::counter!("cluegetter_gateway_spool_corrupt_total").increment(1);
-    let _ = fs::rename(path, corrupt);
-}
-
-/// Reads one segment of an earlier run into the state.
-fn read_segment(dir: &Path, seq: u64, path: PathBuf, state: &mut State) -> io::Result<()> {
-    let data = fs::read(&path)?;
-    let scan = match format::scan(&data) {
-        Ok(scan) => scan,
-        Err(error) => {
-            set_aside(&path, &error.to_string());
-            return Ok(());
-        }
-    };
-    if let Some(at) = scan.damage.torn_at {
-        tracing::warn!(file = %path.display(), at,
-            "the spool's last write was cut short by a crash (its message was never answered)");
-    }
-    if scan.damage.skipped > 0 {
-        let mut copy = path.as_os_str().to_owned();
-        copy.push(".corrupt");
-        tracing::error!(file = %path.display(), skipped_bytes = scan.damage.skipped, copy = ?copy,
-            "damaged records in the audit spool skipped; the segment is copied aside");
-        metrics::counter!("cluegetter_gateway_spool_corrupt_total").increment(1);
-        fs::copy(&path, copy)?;
-    }
-    let file = OpenOptions::new().read(true).write(true).open(&path)?;
-    let written = scan
-        .records
-        .last()
-        .map_or(format::FILE_MAGIC.len(), |r| r.offset + r.len) as u64;
-    state.segments.insert(
-        seq,
-        Segment {
-            path,
-            file: Arc::new(file),
-            written,
-            capacity: written,
-            live: HashSet::new(),
-            live_bytes: 0,
-        },
-    );
-    state.used += written;
-    state.next_seq = state.next_seq.max(seq + 1);
-    for record in scan.records {
-        match record.kind {
-            Kind::Event => match wire::contract::decode::<AuditEvent>(record.json) {
-                Ok(event) if event.message_id == record.id => {
-                    let located = Located {
-                        seq,
-                        offset: record.offset as u64,
-                        len: record.len as u64,
-                        answered: record.answered,
-                    };
-                    state.place(record.id, located);
-                }
-                Ok(_) | Err(_) => {
-                    // checksummed but not an event we can publish (a newer format?): keep it
-                    // for the operator and go on without it
-                    let aside = dir.join(format!("{}.event.corrupt", record.id));
-                    tracing::error!(message_id = %record.id, file = %aside.display(),
-                        "a spooled audit event cannot be decoded; set aside");
-                    metrics::counter!("cluegetter_gateway_spool_corrupt_total").increment(1);
-                    fs::write(&aside, record.json)?;
-                    state.forget(record.id);
-                }
-            },
-            Kind::Answered => {
-                if let Some(located) = state.index.get_mut(&record.id) {
-                    located.answered = true;
-                }
-            }
-            Kind::Removed => {
-                state.forget(record.id);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn read_legacy(path: &Path) -> io::Result<AuditEvent> {
-    let bytes = fs::read(path)?;
-    let json = bytes
-        .strip_prefix(LEGACY_MAGIC)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a version 1 spool file"))?;
-    let event = wire::contract::decode::<AuditEvent>(json)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
-    if event.message_id.to_string() != stem {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the file name is not the event's message id",
-        ));
-    }
-    Ok(event)
-}
-
-/// Every few milliseconds while there is something to do: one round. Ends when the handle
-/// drops its sender.
-fn sync_loop(shared: &Shared, woken: &std_mpsc::Receiver<()>) {
-    let mut more = false;
-    loop {
-        let stopped = if more {
-            matches!(woken.try_recv(), Err(std_mpsc::TryRecvError::Disconnected))
-        } else {
-            woken.recv().is_err()
-        };
-        if stopped {
-            break;
-        }
-        std::thread::sleep(SYNC_EVERY);
-        more = shared.sync_round(true);
-    }
 }
 
 /// The events a gateway's spool directory holds now, with their answered flags, read
@@ -906,9 +507,7 @@ pub fn inspect(dir: &Path) -> io::Result<Vec<AuditEvent>> {
         .filter_map(Result::ok)
         .filter_map(|d| {
             let path = d.path();
-            let name = path.file_name()?.to_str()?;
-            let seq = u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()?;
-            Some((seq, path))
+            Some((segment::seq_of(&path)?, path))
         })
         .collect();
     segments.sort();
@@ -924,21 +523,21 @@ pub fn inspect(dir: &Path) -> io::Result<Vec<AuditEvent>> {
             continue;
         };
         for record in scan.records {
-            match record.kind {
-                Kind::Event => {
-                    if let Ok(mut event) = wire::contract::decode::<AuditEvent>(record.json) {
-                        event.answered = record.answered;
-                        events.insert(record.id, event);
-                    }
-                }
-                Kind::Answered => {
-                    if let Some(event) = events.get_mut(&record.id) {
-                        event.answered = true;
-                    }
-                }
-                Kind::Removed => {
-                    events.remove(&record.id);
-                }
+            let said = match record.kind {
+                Kind::Event => Said::Event(
+                    wire::contract::decode::<AuditEvent>(record.json)
+                        .ok()
+                        .filter(|event| event.message_id == record.id)
+                        .map(|event| AuditEvent {
+                            answered: record.answered,
+                            ..event
+                        }),
+                ),
+                Kind::Answered => Said::Answered,
+                Kind::Removed => Said::Removed,
+            };
+            if let Some(event) = latest::after(events.remove(&record.id), said) {
+                events.insert(record.id, event);
             }
         }
     }
@@ -955,6 +554,7 @@ mod tests {
     use uuid::Uuid;
     use wire::{Action, AuditMessage, AuditVerdict, SessionInfo, WIRE_VERSION};
 
+    use super::legacy::LEGACY_MAGIC;
     use super::*;
 
     pub(crate) fn event() -> AuditEvent {

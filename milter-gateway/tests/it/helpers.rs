@@ -11,6 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use milter_gateway::milter::optneg::Negotiated;
 use milter_gateway::milter::{Command, Family, MtaCodec, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
@@ -326,8 +327,10 @@ async fn reply(channel: &Channel, delivery: &lapin::message::Delivery, result: &
 }
 
 /// The MTA's side of one milter connection, as Postfix 3.7 speaks it (PEERS.md §4).
-pub struct Mta {
-    framed: Framed<TcpStream, MtaCodec>,
+/// The MTA's side of one milter connection, over TCP or (for tests of the connection alone)
+/// any other stream, e.g. `tokio::io::duplex`.
+pub struct Mta<S = TcpStream> {
+    framed: Framed<S, MtaCodec>,
     pub negotiated: Negotiated,
     pub optneg_reply: Response,
 }
@@ -337,7 +340,13 @@ pub const POSTFIX_OFFER: (u32, u32, u32) = (6, 0x1ff, 0x1f_ffff);
 
 impl Mta {
     pub async fn connect(addr: SocketAddr) -> Mta {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Mta::over(TcpStream::connect(addr).await.unwrap()).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Mta<S> {
+    /// Negotiates over `stream` as Postfix does.
+    pub async fn over(stream: S) -> Mta<S> {
         let mut framed = Framed::new(stream, MtaCodec::new(1 << 20));
         framed
             .send(Command::OptNeg {
@@ -530,7 +539,7 @@ impl Mta {
     }
 }
 
-async fn next(framed: &mut Framed<TcpStream, MtaCodec>) -> Response {
+async fn next<S: AsyncRead + AsyncWrite + Unpin>(framed: &mut Framed<S, MtaCodec>) -> Response {
     match tokio::time::timeout(Duration::from_secs(30), framed.next()).await {
         Ok(Some(Ok(response))) => response,
         other => panic!("no reply from the gateway: {other:?}"),

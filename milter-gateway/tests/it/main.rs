@@ -5,6 +5,8 @@
 //!
 //! - [`protocol`]: the MTA side spoken directly with `MtaCodec`; exact packets.
 //! - [`miltertest`]: the scripts in `scripts/miltertest/`, one per stage and reply.
+//! - [`pipe`]: one connection over `tokio::io::duplex`, no listener and no peer (the broker
+//!   away, the spool full; `fail-action` tempfail and accept).
 //! - [`postfix`]: a throwaway Postfix instance and swaks; what the client, the mailbox, the
 //!   hold queue and Postfix's log show.
 //!
@@ -24,5 +26,6 @@ mod drain;
 mod helpers;
 mod late;
 mod miltertest;
+mod pipe;
 mod postfix;
 mod protocol;
