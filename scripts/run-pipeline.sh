@@ -63,10 +63,10 @@ reap_one() {
     wait -n -p pid "${waited[@]}" "$@" 2>/dev/null
     code=$?
     for n in "${!pids[@]}"; do
-        if [ -n "$pid" ] && [ "${pids[$n]}" = "$pid" ]; then
+        if [ -n "${pid:-}" ] && [ "${pids[$n]}" = "$pid" ]; then
             status_of[$n]=$code
             echo "run-pipeline: ${names[$n]} exited with status $code" >&2
-        elif [ -z "$pid" ] && [ "$code" -eq 127 ] && [ -z "${status_of[$n]:-}" ]; then
+        elif [ -z "${pid:-}" ] && [ "$code" -eq 127 ] && [ -z "${status_of[$n]:-}" ]; then
             status_of[$n]=unknown # not a child any more: nothing left to wait for
         fi
     done
