@@ -697,6 +697,7 @@ fn decoded_text(value: &HeaderValue<'_>) -> Option<String> {
 ///
 /// # Panics
 /// When one of those properties does not hold.
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_dsn(data: &[u8]) {
     check_invariants(data, &parse(data, &ParseOptions::default()));
     let mut wrapped = Vec::with_capacity(data.len() + 512);
@@ -718,6 +719,7 @@ pub fn fuzz_dsn(data: &[u8]) {
     check_invariants(&wrapped, &report);
 }
 
+#[cfg(any(test, fuzzing))]
 fn check_invariants(input: &[u8], report: &DeliveryReport) {
     let status_matches_kind = match report.status {
         ParseStatus::Unparseable => report.kind == ReportKind::Other,

@@ -124,12 +124,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
         }
         Err(_) if received.is_empty() => {
             metrics::refused("empty");
-            tracing::warn!(timeout = ?settings.read_timeout, "nothing received before read-timeout");
+            tracing::warn!(timeout = %humantime::format_duration(settings.read_timeout), "nothing received before read-timeout");
             return;
         }
         Err(_) => Some(format!(
             "the sender had not finished after read-timeout ({}); the report may be incomplete",
-            humantime_like(settings.read_timeout)
+            humantime::format_duration(settings.read_timeout)
         )),
     };
     if received.is_empty() {
@@ -170,15 +170,5 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
             // a reset, not a clean close: a sender that ignores our answer still sees a failure
             let _ = stream.set_zero_linger();
         }
-    }
-}
-
-/// `30s`, `1m 30s`: durations as the configuration writes them.
-fn humantime_like(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    match (secs / 60, secs % 60) {
-        (0, s) => format!("{s}s"),
-        (m, 0) => format!("{m}m"),
-        (m, s) => format!("{m}m {s}s"),
     }
 }

@@ -223,7 +223,7 @@ async fn session(
         if !in_flight.is_empty() {
             tracing::info!(
                 checks = in_flight.len(),
-                limit = ?settings.drain_timeout,
+                limit = %humantime::format_duration(settings.drain_timeout),
                 "waiting for checks in flight"
             );
         }
@@ -430,8 +430,8 @@ async fn answer(
                 metrics::counter!(METRIC_ERRORS, "module" => name, "reason" => "timeout")
                     .increment(1);
                 let reason = format!(
-                    "no answer within the module timeout of {:?}",
-                    worker.timeout
+                    "no answer within the module timeout of {}",
+                    humantime::format_duration(worker.timeout)
                 );
                 tracing::warn!(%reason, "check timed out");
                 CheckResult::error(request.message_id, name, reason)

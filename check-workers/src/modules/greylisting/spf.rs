@@ -98,7 +98,10 @@ impl SpfWhitelist {
             }
         };
         if tokio::time::timeout(self.timeout, walk).await.is_err() {
-            let error = format!("SPF whitelist not finished within {:?}", self.timeout);
+            let error = format!(
+                "SPF whitelist not finished within {}",
+                humantime::format_duration(self.timeout)
+            );
             tracing::info!(%ip, %error, "SPF whitelist: skipping the remaining domains");
             outcome.error = Some(error);
         }

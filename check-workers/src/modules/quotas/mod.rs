@@ -33,6 +33,7 @@
 
 pub mod import;
 pub mod store;
+pub mod window;
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,7 +47,8 @@ use wire::{Action, AuditEvent, CheckRequest, CheckResult, MilterChanges, WIRE_VE
 
 use crate::module::{Module, ModuleError};
 
-pub use store::{CheckOutcome, PeriodUsage, QuotaStore, QuotaUsage};
+pub use store::{CheckOutcome, QuotaStore, QuotaUsage};
+pub use window::PeriodUsage;
 
 pub const NAME: &str = "quotas";
 

@@ -1,0 +1,491 @@
+//! The architecture, checked (in the style of rust-analyzer's tidy tests): which workspace
+//! crate may depend on or import which, and that every source file says what it holds. It reads
+//! the manifests and sources only; nothing is built or run.
+//!
+//! The rules are a table ([`RULES`]). A rule marked [`Status::Pending`] describes where the
+//! workspace is going rather than where it is: it is checked and its failures are printed, but
+//! it does not fail the test. Once the change it waits for is merged, flip it to
+//! [`Status::Enforced`] (the test output says when a pending rule already holds).
+//!
+//! Not here: the fuzz crate (`fuzz/`, its own workspace, allowed to reach into every library).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The crates that run as processes (one binary each); none may build on another.
+const PROCESS_CRATES: &[&str] = &[
+    "milter-gateway",
+    "check-workers",
+    "auditor",
+    "bounce-ingest",
+];
+
+/// Dev-dependencies between process crates that are allowed, as `(crate, on)`. None exist today
+/// (the whole-pipeline tests live in `test-support`, which may use them all).
+const PROCESS_DEV_EXCEPTIONS: &[(&str, &str)] = &[];
+
+enum Status {
+    Enforced,
+    /// Waits for the change described; fails only in the output, not the test.
+    Pending(&'static str),
+}
+
+enum Rule {
+    /// `krate` has none of `on` among its dependencies (any section, any target).
+    NoDependencyOn {
+        krate: &'static str,
+        on: &'static [&'static str],
+    },
+    /// Of the workspace's crates, `krate` depends (any section) on `may_use` only. Holds
+    /// trivially while `krate` does not exist.
+    SiblingsOnly {
+        krate: &'static str,
+        may_use: &'static [&'static str],
+    },
+    /// No process crate depends on another, except the dev-dependencies listed.
+    ProcessCratesIndependent {
+        dev_exceptions: &'static [(&'static str, &'static str)],
+    },
+    /// Other crates have `krate` as a dev-dependency only.
+    DevOnly { krate: &'static str },
+    /// Code names sibling crates only through dependencies it has: `src/` its normal ones,
+    /// tests, benches and examples also its dev-dependencies.
+    ImportsFollowDependencies,
+    /// Every `.rs` file under a crate's `src/` opens with a `//!` comment.
+    SourcesOpenWithInnerDoc,
+}
+
+const RULES: &[(Rule, Status)] = &[
+    (
+        Rule::NoDependencyOn {
+            krate: "wire",
+            on: &["tokio", "lapin", "sqlx"],
+        },
+        // wire still holds the broker connection, config loading and telemetry; the new
+        // `platform` crate takes them. Enforce once that is merged.
+        Status::Pending("wire keeps only the broker contract once `platform` is merged"),
+    ),
+    (
+        Rule::SiblingsOnly {
+            krate: "wire",
+            may_use: &[],
+        },
+        Status::Enforced,
+    ),
+    (
+        Rule::SiblingsOnly {
+            krate: "platform",
+            may_use: &["wire"],
+        },
+        Status::Enforced,
+    ),
+    (
+        Rule::ProcessCratesIndependent {
+            dev_exceptions: PROCESS_DEV_EXCEPTIONS,
+        },
+        Status::Enforced,
+    ),
+    (
+        Rule::DevOnly {
+            krate: "test-support",
+        },
+        Status::Enforced,
+    ),
+    (Rule::ImportsFollowDependencies, Status::Enforced),
+    (Rule::SourcesOpenWithInnerDoc, Status::Enforced),
+];
+
+#[test]
+fn architecture_rules_hold() {
+    let workspace = Workspace::read();
+    let mut failures = Vec::new();
+    for (rule, status) in RULES {
+        let broken = workspace.check(rule);
+        match status {
+            Status::Enforced => failures.extend(broken),
+            Status::Pending(waiting_for) if broken.is_empty() => {
+                eprintln!("tidy: a pending rule holds now; flip it to Enforced ({waiting_for})");
+            }
+            Status::Pending(waiting_for) => {
+                for failure in broken {
+                    eprintln!("tidy: pending ({waiting_for}): {failure}");
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "architecture rules broken:\n  {}",
+        failures.join("\n  ")
+    );
+}
+
+/// A rule that must fail on a workspace that breaks it (the checks are not vacuous).
+#[test]
+fn the_rules_catch_what_they_forbid() {
+    let mut workspace = Workspace::read();
+    // a process crate on another
+    workspace.crate_mut("auditor").deps.insert(
+        Section::Normal,
+        BTreeSet::from(["check-workers".to_owned()]),
+    );
+    // test-support as a normal dependency
+    workspace
+        .crate_mut("bounce-ingest")
+        .deps
+        .entry(Section::Normal)
+        .or_default()
+        .insert("test-support".to_owned());
+    // wire on a sibling and on lapin
+    workspace
+        .crate_mut("wire")
+        .deps
+        .entry(Section::Normal)
+        .or_default()
+        .extend(["milter-gateway".to_owned(), "lapin".to_owned()]);
+    let broken: Vec<String> = RULES
+        .iter()
+        .flat_map(|(rule, _)| workspace.check(rule))
+        .collect();
+    for expected in [
+        "auditor depends on the process crate check-workers",
+        "bounce-ingest depends on test-support (not as a dev-dependency)",
+        "wire depends on milter-gateway",
+        "wire depends on lapin",
+    ] {
+        assert!(
+            broken.iter().any(|b| b.contains(expected)),
+            "{expected:?} not reported in {broken:#?}"
+        );
+    }
+
+    let names = workspace.lib_names();
+    let use_of = |text: &str| named_crates(text, &names);
+    assert_eq!(use_of("use check_workers::modules;"), ["check-workers"]);
+    assert_eq!(use_of("    let x = ::wire::MessageId::new();"), ["wire"]);
+    assert!(use_of("use crate::auditor::x; // wire::y").is_empty());
+    assert!(use_of("/// see `auditor::store`").is_empty());
+    assert!(use_of("let s = \"milter_gateway::x\";").is_empty());
+    assert!(use_of("mod wire; self::wire::x").is_empty());
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Section {
+    Normal,
+    Dev,
+    Build,
+}
+
+struct Crate {
+    /// The crate's directory.
+    dir: PathBuf,
+    /// The name its code uses (`[lib] name`, or the package name with `_`).
+    lib_name: String,
+    /// Dependencies by section, by the workspace's names for its own crates (directory names)
+    /// and by package name for the rest.
+    deps: BTreeMap<Section, BTreeSet<String>>,
+}
+
+struct Workspace {
+    /// By directory name (`milter-gateway`, `wire`, …).
+    crates: BTreeMap<String, Crate>,
+}
+
+impl Workspace {
+    fn read() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let manifest = read_toml(&root.join("Cargo.toml"));
+        let workspace = &manifest["workspace"];
+        // `[workspace.dependencies]` entries that are our crates, to their directory names
+        let mut local: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(deps) = workspace.get("dependencies").and_then(|d| d.as_table()) {
+            for (key, spec) in deps {
+                if let Some(path) = spec.get("path").and_then(|p| p.as_str()) {
+                    local.insert(key.clone(), dir_name(path));
+                }
+            }
+        }
+        let mut crates = BTreeMap::new();
+        for member in workspace["members"].as_array().unwrap() {
+            let member = member.as_str().unwrap();
+            let dir = root.join(member);
+            let manifest = read_toml(&dir.join("Cargo.toml"));
+            let package = manifest["package"]["name"].as_str().unwrap();
+            let lib_name = manifest
+                .get("lib")
+                .and_then(|lib| lib.get("name"))
+                .and_then(|name| name.as_str())
+                .map_or_else(|| package.replace('-', "_"), str::to_owned);
+            let mut deps: BTreeMap<Section, BTreeSet<String>> = BTreeMap::new();
+            // the manifest's own sections and those of `[target.'cfg(…)']`
+            let mut tables: Vec<&toml::Table> = vec![&manifest];
+            if let Some(targets) = manifest.get("target").and_then(|t| t.as_table()) {
+                tables.extend(targets.values().filter_map(|t| t.as_table()));
+            }
+            for table in tables {
+                for (section, key) in [
+                    (Section::Normal, "dependencies"),
+                    (Section::Dev, "dev-dependencies"),
+                    (Section::Build, "build-dependencies"),
+                ] {
+                    let Some(entries) = table.get(key).and_then(|d| d.as_table()) else {
+                        continue;
+                    };
+                    for (name, spec) in entries {
+                        let name = if let Some(path) = spec.get("path").and_then(|p| p.as_str()) {
+                            dir_name(path)
+                        } else if spec.get("workspace").and_then(|w| w.as_bool()) == Some(true) {
+                            local.get(name).cloned().unwrap_or_else(|| name.clone())
+                        } else {
+                            spec.get("package")
+                                .and_then(|p| p.as_str())
+                                .unwrap_or(name)
+                                .to_owned()
+                        };
+                        deps.entry(section).or_default().insert(name);
+                    }
+                }
+            }
+            crates.insert(
+                dir_name(member),
+                Crate {
+                    dir,
+                    lib_name,
+                    deps,
+                },
+            );
+        }
+        Self { crates }
+    }
+
+    fn crate_mut(&mut self, name: &str) -> &mut Crate {
+        self.crates.get_mut(name).unwrap()
+    }
+
+    /// The workspace's crates by the names their code uses.
+    fn lib_names(&self) -> BTreeMap<String, String> {
+        self.crates
+            .iter()
+            .map(|(name, krate)| (krate.lib_name.clone(), name.clone()))
+            .collect()
+    }
+
+    /// What breaks the rule, one line each.
+    fn check(&self, rule: &Rule) -> Vec<String> {
+        let mut broken = Vec::new();
+        match rule {
+            Rule::NoDependencyOn { krate, on } => {
+                if let Some(c) = self.crates.get(*krate) {
+                    for (section, name) in c.all_deps() {
+                        if on.contains(&name) {
+                            broken.push(format!("{krate} depends on {name} ({section:?})"));
+                        }
+                    }
+                }
+            }
+            Rule::SiblingsOnly { krate, may_use } => {
+                if let Some(c) = self.crates.get(*krate) {
+                    for (section, name) in c.all_deps() {
+                        if self.crates.contains_key(name) && !may_use.contains(&name) {
+                            broken.push(format!("{krate} depends on {name} ({section:?})"));
+                        }
+                    }
+                }
+            }
+            Rule::ProcessCratesIndependent { dev_exceptions } => {
+                for krate in PROCESS_CRATES {
+                    let Some(c) = self.crates.get(*krate) else {
+                        continue;
+                    };
+                    for (section, name) in c.all_deps() {
+                        if name != *krate
+                            && PROCESS_CRATES.contains(&name)
+                            && !(section == Section::Dev && dev_exceptions.contains(&(krate, name)))
+                        {
+                            broken.push(format!(
+                                "{krate} depends on the process crate {name} ({section:?})"
+                            ));
+                        }
+                    }
+                }
+            }
+            Rule::DevOnly { krate } => {
+                for (name, c) in &self.crates {
+                    for (section, dep) in c.all_deps() {
+                        if dep == *krate && section != Section::Dev && name != krate {
+                            broken.push(format!(
+                                "{name} depends on {krate} (not as a dev-dependency: {section:?})"
+                            ));
+                        }
+                    }
+                }
+            }
+            Rule::ImportsFollowDependencies => {
+                let names = self.lib_names();
+                for (name, c) in &self.crates {
+                    let normal = c.deps_in(&[Section::Normal]);
+                    let dev = c.deps_in(&[Section::Normal, Section::Dev]);
+                    for (file, in_src) in rust_files(&c.dir) {
+                        let allowed = if in_src { &normal } else { &dev };
+                        let text = fs::read_to_string(&file).unwrap();
+                        for used in named_crates(&text, &names) {
+                            if used != *name && !allowed.contains(used.as_str()) {
+                                broken.push(format!(
+                                    "{} uses {used}, which {name} does not depend on{}",
+                                    file.display(),
+                                    if in_src {
+                                        " outside dev-dependencies"
+                                    } else {
+                                        ""
+                                    }
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            Rule::SourcesOpenWithInnerDoc => {
+                for c in self.crates.values() {
+                    for (file, in_src) in rust_files(&c.dir) {
+                        if in_src && !fs::read_to_string(&file).unwrap().starts_with("//!") {
+                            broken.push(format!("{} does not open with `//!`", file.display()));
+                        }
+                    }
+                }
+            }
+        }
+        broken
+    }
+}
+
+impl Crate {
+    fn all_deps(&self) -> impl Iterator<Item = (Section, &str)> {
+        self.deps
+            .iter()
+            .flat_map(|(section, names)| names.iter().map(|name| (*section, name.as_str())))
+    }
+
+    fn deps_in(&self, sections: &[Section]) -> BTreeSet<&str> {
+        self.all_deps()
+            .filter(|(section, _)| sections.contains(section))
+            .map(|(_, name)| name)
+            .collect()
+    }
+}
+
+fn read_toml(path: &Path) -> toml::Table {
+    let text = fs::read_to_string(path).unwrap();
+    text.parse()
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// `../wire` → `wire`.
+fn dir_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The `.rs` files of a crate, each with whether it is under `src/` (rather than `tests/`,
+/// `benches/`, `examples/` or a build script, which may use dev-dependencies… except the build
+/// script, which is rare enough to be counted with the sources).
+fn rust_files(dir: &Path) -> Vec<(PathBuf, bool)> {
+    let mut files = Vec::new();
+    for (sub, in_src) in [
+        ("src", true),
+        ("tests", false),
+        ("benches", false),
+        ("examples", false),
+    ] {
+        walk(&dir.join(sub), &mut |file| files.push((file, in_src)));
+    }
+    let build = dir.join("build.rs");
+    if build.is_file() {
+        files.push((build, true));
+    }
+    files
+}
+
+fn walk(dir: &Path, found: &mut dyn FnMut(PathBuf)) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, found);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            found(path);
+        }
+    }
+}
+
+/// The workspace crates (by directory name) that code names as `lib_name::…`, outside
+/// comments and string literals; a name reached through `self::`, `super::` or `crate::` is a
+/// module, not a crate.
+fn named_crates(text: &str, names: &BTreeMap<String, String>) -> Vec<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = code_of(line);
+        for (lib_name, dir) in names {
+            let pattern = format!("{lib_name}::");
+            let mut from = 0;
+            while let Some(at) = code[from..].find(&pattern) {
+                let start = from + at;
+                from = start + pattern.len();
+                let before = code[..start].trim_end_matches("::");
+                let reached_through_path = code[..start].ends_with("::")
+                    && !before.ends_with(|c: char| c == ' ' || c == '(' || c == '<' || c == '&')
+                    && !before.is_empty();
+                let part_of_a_word = code[..start]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_');
+                if !part_of_a_word && !reached_through_path {
+                    found.insert(dir.clone());
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// A line without its `//` comment and with string literals blanked (one line at a time is
+/// enough for the names looked for here).
+fn code_of(line: &str) -> String {
+    let mut code = String::with_capacity(line.len());
+    let mut in_string = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    in_string = false;
+                    code.push('"');
+                }
+                _ => code.push(' '),
+            }
+        } else if c == '\'' && chars.peek() == Some(&'"') {
+            // the character literal '"'
+            chars.next();
+            code.push_str("' ");
+        } else if c == '"' {
+            in_string = true;
+            code.push('"');
+        } else if c == '/' && chars.peek() == Some(&'/') {
+            break;
+        } else {
+            code.push(c);
+        }
+    }
+    code
+}
