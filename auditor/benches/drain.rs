@@ -17,9 +17,9 @@ use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use platform::broker::{AUDIT_EXCHANGE, AUDIT_QUEUE};
 use test_support::{TestBroker, TestDb};
 use uuid::Uuid;
-use platform::broker::{AUDIT_EXCHANGE, AUDIT_QUEUE};
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckResult, Header, MessageId,
     MilterChanges, SessionInfo, TlsInfo, WIRE_VERSION,
@@ -205,7 +205,9 @@ fn event(n: usize, session: &SessionInfo) -> AuditEvent {
 }
 
 async fn fill(url: &str, events: usize) {
-    let connection = platform::broker::connect(url, "auditor-bench").await.unwrap();
+    let connection = platform::broker::connect(url, "auditor-bench")
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     platform::broker::declare_audit_topology(&channel)
         .await

@@ -14,10 +14,10 @@
 
 use std::time::{Duration, Instant};
 
+use platform::config::WebApiToken;
 use sqlx::AssertSqlSafe;
 use test_support::TestDb;
 use tokio_util::sync::CancellationToken;
-use platform::config::WebApiToken;
 
 const DEFAULT_MESSAGES: u64 = 1_000_000;
 const CHUNK: u64 = 50_000;

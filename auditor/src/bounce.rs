@@ -25,10 +25,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection};
-use tokio_util::sync::CancellationToken;
-use wire::BounceEvent;
 use platform::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
 use platform::config::Config;
+use tokio_util::sync::CancellationToken;
+use wire::BounceEvent;
 use wire::contract::{self, WireError};
 
 use crate::consume::REASON_HEADER;

@@ -31,12 +31,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, Consumer};
+use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use platform::config::Config;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::AuditEvent;
-use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
-use platform::config::Config;
 use wire::contract::{self, WireError};
 
 use crate::metrics;

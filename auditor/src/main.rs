@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use platform::config::Config;
+use tokio_util::sync::CancellationToken;
 
 /// Stores cluegetter's audit events in the MySQL/MariaDB archive.
 #[derive(Debug, Parser)]
@@ -75,13 +75,14 @@ enum DeadLetters {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("auditor: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("auditor: {error}");
+                return ExitCode::from(2);
+            }
+        };
     if let Err(error) = platform::telemetry::init_logging(&cli.log_level) {
         eprintln!("auditor: {error}");
         return ExitCode::from(2);

@@ -26,10 +26,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use platform::config::Config;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, QueryBuilder, SqlSafeStr as _};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use platform::config::Config;
 
 use crate::metrics;
 use crate::store::values::pad_list;

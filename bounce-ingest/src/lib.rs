@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use platform::config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use platform::config::Config;
 
 /// How long the publisher may go on after the listener stopped, to empty its queue; what is
 /// left stays in the spool for the next start.

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use bounce_ingest::submit::{EX_TEMPFAIL, Submitted};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use platform::config::Config;
+use tokio_util::sync::CancellationToken;
 
 /// Receives Postfix's delivery reports (bounces, delay warnings) for cluegetter.
 #[derive(Debug, Parser)]
@@ -74,13 +74,14 @@ fn main() -> ExitCode {
         Command::Run => ExitCode::from(2),
         Command::Submit { .. } => ExitCode::from(EX_TEMPFAIL),
     };
-    let config = match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("bounce-ingest: {error}");
-            return config_error;
-        }
-    };
+    let config =
+        match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("bounce-ingest: {error}");
+                return config_error;
+            }
+        };
     if let Err(error) = platform::telemetry::init_logging(&cli.log_level) {
         eprintln!("bounce-ingest: {error}");
         return config_error;

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use platform::broker;
+use platform::config::Config;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::BounceEvent;
-use platform::broker;
-use platform::config::Config;
 
 use crate::metrics;
 use crate::spool::{Spool, SpoolEntry};

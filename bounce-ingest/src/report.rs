@@ -8,8 +8,8 @@
 use std::net::IpAddr;
 
 use chrono::Utc;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
 use platform::config::Config;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use wire::contract::ParseStatus;
 use wire::{BounceEvent, BounceId, BounceSource, WIRE_VERSION};
 

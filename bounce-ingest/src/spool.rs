@@ -214,8 +214,8 @@ fn set_aside(path: &Path) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use wire::BounceSource;
     use platform::config::Config;
+    use wire::BounceSource;
 
     use super::*;
     use crate::report::{self, Received};

@@ -13,10 +13,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use platform::broker;
+use platform::config::Config;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use platform::config::Config;
-use platform::broker;
 use wire::{BounceEvent, BounceId, BounceSource};
 
 use crate::publish::{self, PublishError};

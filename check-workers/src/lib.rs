@@ -30,8 +30,8 @@ pub mod worker;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tokio_util::sync::CancellationToken;
 use platform::config::{Config, KNOWN_MODULES};
+use tokio_util::sync::CancellationToken;
 
 use crate::worker::{ModuleWorker, WorkerSettings};
 

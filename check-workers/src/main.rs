@@ -40,13 +40,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match platform::config::load(args.config.as_deref(), platform::config::env_overrides()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("check-workers: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        match platform::config::load(args.config.as_deref(), platform::config::env_overrides()) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("check-workers: {error}");
+                return ExitCode::from(2);
+            }
+        };
     if let Err(error) = platform::telemetry::init_logging(&args.log_level) {
         eprintln!("check-workers: {error}");
         return ExitCode::from(2);
@@ -79,7 +80,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: platform::config::Config, modules: Option<Vec<String>>) -> anyhow::Result<()> {
+async fn serve(
+    config: platform::config::Config,
+    modules: Option<Vec<String>>,
+) -> anyhow::Result<()> {
     platform::telemetry::serve_metrics(config.check_workers.metrics_listen)
         .map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();

@@ -23,11 +23,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind, message::Delivery};
+use platform::broker;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use wire::AuditEvent;
-use platform::broker;
 
 use crate::module::error_chain;
 use crate::modules::quotas::Settler;

@@ -36,10 +36,10 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, message::Delivery};
+use platform::broker;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
-use platform::broker;
 use wire::{CheckRequest, CheckResult, WIRE_VERSION};
 
 use crate::module::{Module, error_chain};

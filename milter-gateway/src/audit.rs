@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
+use platform::broker;
+use platform::config::Config;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::AuditEvent;
-use platform::broker;
-use platform::config::Config;
 
 use crate::spool::{Replayed, Spool, SpoolEntry, SpoolError};
 

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use platform::config::Config;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 use tokio_util::task::TaskTracker;
-use platform::config::Config;
 
 use crate::audit::AuditPublisher;
 use crate::dispatch::Dispatcher;

@@ -15,10 +15,10 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use platform::broker;
 use platform::config::Config;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use wire::{CheckRequest, CheckResult, MessageId};
 
 /// Why a message's requests could not be sent.

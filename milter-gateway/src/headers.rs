@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wire::CheckResult;
 use platform::config::Config;
+use wire::CheckResult;
 
 use crate::milter::Response;
 use crate::session::FinishedMessage;
@@ -241,8 +241,8 @@ pub fn modifications(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use chrono::Utc;
-    use uuid::Uuid;
     use platform::config::AddHeader;
+    use uuid::Uuid;
     use wire::{Action, Header, MessageId, MilterChanges, SessionInfo};
 
     use super::*;

@@ -39,10 +39,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use platform::config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use platform::config::Config;
 
 /// Runs the gateway on `listener` until `shutdown` fires, then drains the connections in
 /// flight and stops its broker tasks.

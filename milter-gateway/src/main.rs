@@ -21,13 +21,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match platform::config::load(args.config.as_deref(), platform::config::env_overrides()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("milter-gateway: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        match platform::config::load(args.config.as_deref(), platform::config::env_overrides()) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("milter-gateway: {error}");
+                return ExitCode::from(2);
+            }
+        };
     if let Err(error) = platform::telemetry::init_logging(&args.log_level) {
         eprintln!("milter-gateway: {error}");
         return ExitCode::from(2);
@@ -50,7 +51,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: platform::config::Config) -> anyhow::Result<()> {
-    platform::telemetry::serve_metrics(config.gateway.metrics_listen).map_err(anyhow::Error::msg)?;
+    platform::telemetry::serve_metrics(config.gateway.metrics_listen)
+        .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;

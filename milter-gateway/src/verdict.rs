@@ -47,9 +47,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use platform::config::{Config, OnError};
 use wire::Action;
 use wire::CheckResult;
-use platform::config::{Config, OnError};
 
 /// The reason of the error rule (spec §4.5 rule 3, with ClueGetter's typo "ocurred" fixed).
 pub const INTERNAL_ERROR_REASON: &str = "An internal server error occurred";

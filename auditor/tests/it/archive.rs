@@ -262,7 +262,11 @@ async fn stores_an_event_with_its_session_recipients_headers_body_and_results() 
     }
 
     auditor.stop().await;
-    assert_eq!(publisher.ready(platform::broker::AUDIT_QUEUE).await, 0, "acked");
+    assert_eq!(
+        publisher.ready(platform::broker::AUDIT_QUEUE).await,
+        0,
+        "acked"
+    );
 }
 
 #[tokio::test]

@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
+use platform::broker::{BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_EXCHANGE};
 use sqlx::Row as _;
 use test_support::eventually;
 use uuid::Uuid;
-use platform::broker::{BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_EXCHANGE};
 use wire::contract::{
     DeliveryReport, DsnAction, ParseStatus, PerMessageFields, RecipientReport, ReportKind,
     ReturnedHeaders, TypedValue,

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use test_support::eventually;
 use platform::broker::AUDIT_QUEUE;
+use test_support::eventually;
 
 use crate::support::{self, Env, WAIT};
 

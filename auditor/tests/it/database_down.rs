@@ -1,8 +1,8 @@
 //! While the database cannot be written, nothing is acked; what the auditor held goes back to the
 //! queue when it stops, and the next auditor stores it.
 
-use test_support::eventually;
 use platform::broker::AUDIT_QUEUE;
+use test_support::eventually;
 
 use crate::support::{self, Env, WAIT};
 

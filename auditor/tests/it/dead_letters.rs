@@ -2,8 +2,8 @@
 //! back once the cause is fixed; one that is still poison comes back to the dead-letter queue.
 
 use auditor::dead_letters;
-use test_support::eventually;
 use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use test_support::eventually;
 
 use crate::support::{self, Env, WAIT, count};
 

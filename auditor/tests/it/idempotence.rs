@@ -1,9 +1,9 @@
 //! A redelivered or replayed event changes nothing (DESIGN.md "Durability invariants" 2).
 
 use auditor::store::{Outcome, Store};
+use platform::broker::AUDIT_QUEUE;
 use sqlx::MySqlPool;
 use wire::MessageId;
-use platform::broker::AUDIT_QUEUE;
 
 use crate::support::{self, Env, count};
 

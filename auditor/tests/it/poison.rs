@@ -100,7 +100,9 @@ async fn poison_events_are_dead_lettered_and_the_rest_of_their_batch_is_stored()
         "poison and good events acked"
     );
     assert_eq!(
-        publisher.ready(platform::broker::AUDIT_DEAD_LETTER_QUEUE).await,
+        publisher
+            .ready(platform::broker::AUDIT_DEAD_LETTER_QUEUE)
+            .await,
         0,
         "exactly four dead letters"
     );

@@ -9,13 +9,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
+use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE};
+use platform::config::Config;
 use sqlx::MySqlPool;
 use test_support::{TestBroker, TestDb, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE};
-use platform::config::Config;
 use wire::contract::RejectedRecipient;
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckResult, Header, MessageId,
@@ -123,7 +123,9 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(url: &str) -> Self {
-        let connection = platform::broker::connect(url, "auditor-test").await.unwrap();
+        let connection = platform::broker::connect(url, "auditor-test")
+            .await
+            .unwrap();
         let channel = connection.create_channel().await.unwrap();
         platform::broker::declare_audit_topology(&channel)
             .await

@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use platform::config::{AuditorConfig, Config, WebApiToken, WebUser};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use test_support::TestDb;
 use tokio_util::sync::CancellationToken;
-use platform::config::{AuditorConfig, Config, WebApiToken, WebUser};
 use wire::{AuditEvent, Header};
 
 use crate::support;

@@ -10,13 +10,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
+use platform::broker::BOUNCE_QUEUE;
+use platform::config::Config;
 use test_support::{TestBroker, eventually};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use platform::broker::BOUNCE_QUEUE;
-use platform::config::Config;
 use wire::contract::ParseStatus;
 use wire::{BounceEvent, BounceSource};
 

@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use platform::config::RspamdConfig;
 use rspamd_client::error::RspamdError;
 use rspamd_client::protocol::scan::{MailHeader, Symbol};
 use rspamd_client::{EnvelopeData, RspamdAsyncClient, RspamdScanReply};
 use serde_json::{Value, json};
-use platform::config::RspamdConfig;
 use wire::{Action, CheckRequest, CheckResult, Header, HeaderAt, MilterChanges, WIRE_VERSION};
 
 use crate::module::{Module, ModuleError};

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use platform::config::{ClamavConfig, ClamdAddress, Config};
 use test_support::{TestBroker, init_test_logging};
 use tokio::net::TcpListener;
 use wire::Action;
-use platform::config::{ClamavConfig, ClamdAddress, Config};
 
 use check_workers::module::{Module as _, ModuleError, error_chain};
 use check_workers::modules::clamav::{Clamav, MALWARE_MESSAGE};

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use test_support::{TestBroker, TestDb, eventually, init_test_logging};
 use platform::config::Config;
+use test_support::{TestBroker, TestDb, eventually, init_test_logging};
 use wire::{Action, CheckRequest, CheckResult};
 
 use check_workers::module::{Module as _, error_chain};

@@ -8,9 +8,9 @@ use futures::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use platform::config::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use platform::config::Config;
 use wire::{CheckRequest, CheckResult, Envelope, Header, MessageId, SessionInfo, WIRE_VERSION};
 
 /// GTUBE, in two halves so this file is not itself spam.

@@ -11,9 +11,9 @@ use check_workers::modules::quotas::{self, NAME, QuotaStore, import};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
+use platform::config::Config;
 use sqlx::MySqlPool;
 use test_support::{TestBroker, TestDb, eventually, init_test_logging};
-use platform::config::Config;
 use wire::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, CheckRequest, CheckResult,
     MessageId, WIRE_VERSION,

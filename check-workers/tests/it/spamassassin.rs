@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use platform::config::{Config, VerdictMsg};
 use test_support::{TestBroker, init_test_logging};
 use wire::Action;
-use platform::config::{Config, VerdictMsg};
 
 use crate::harness::{Gateway, Workers, gtube, median, message_text, request};
 

@@ -71,10 +71,13 @@ mod tests {
         records.into_iter().fold(None, after)
     }
 
+    /// A case: its name, the records in order, and what must be left.
+    type Row = (&'static str, Vec<Said<V>>, Option<V>);
+
     #[test]
     fn the_last_record_about_an_id_wins() {
         use Said::{Answered, Event, Removed};
-        let rows: Vec<(&str, Vec<Said<V>>, Option<V>)> = vec![
+        let rows: Vec<Row> = vec![
             ("nothing", vec![], None),
             ("written", vec![Event(Some(V(1, false)))], Some(V(1, false))),
             (

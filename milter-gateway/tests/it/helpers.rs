@@ -11,12 +11,12 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use milter_gateway::milter::optneg::Negotiated;
 use milter_gateway::milter::{Command, Family, MtaCodec, Response};
+use platform::config::Config;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use platform::config::Config;
 use wire::{Action, CheckRequest, CheckResult, CheckStage, Header, MilterChanges, WIRE_VERSION};
 
 /// Whether the gateway sends the `changes` of the check results (SMFIR_ADDHEADER,

@@ -13,12 +13,12 @@ use milter_gateway::context::Context;
 use milter_gateway::dispatch::Dispatcher;
 use milter_gateway::milter::Response;
 use milter_gateway::{connection, spool};
+use platform::config::{Config, FailAction};
 use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::Action;
-use platform::config::{Config, FailAction};
 
 use crate::helpers::{Mta, config, spooled};
 

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::deserialize_networks;
 
-
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct BounceIngestConfig {

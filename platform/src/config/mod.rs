@@ -379,7 +379,9 @@ fn deserialize_add_headers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AddHea
 }
 
 /// Whitelist entries: CIDRs, or bare addresses meaning /32 and /128.
-pub(crate) fn deserialize_networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+pub(crate) fn deserialize_networks<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<IpNet>, D::Error> {
     let entries: Vec<String> = Vec::deserialize(d)?;
     entries
         .iter()

@@ -167,10 +167,9 @@ fn bounce_ingest_allow_list_is_overridden_from_the_environment() {
 
 #[test]
 fn bounce_ingest_limits_are_checked_and_its_allow_list_read() {
-    let config = load_text(
-        "[bounce-ingest]\nallow = [\"10.1.2.3\", \"192.0.2.0/24\"]\nmax-size = 2048\n",
-    )
-    .unwrap();
+    let config =
+        load_text("[bounce-ingest]\nallow = [\"10.1.2.3\", \"192.0.2.0/24\"]\nmax-size = 2048\n")
+            .unwrap();
     assert_eq!(
         config.bounce_ingest.allow,
         vec![
@@ -339,16 +338,14 @@ fn auditor_web_users_need_argon2_hashes_and_tokens_sha256_digests() {
     let config = load_text(&text).unwrap();
     assert_eq!(config.auditor.web_users[0].name, "pm");
     assert_eq!(config.auditor.web_api_tokens[0].sha256, "ab".repeat(32));
-    let err = load_text(
-        "[auditor]\n[[auditor.web-users]]\nname = \"pm\"\npassword-hash = \"secret\"\n",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("argon2"), "{err}");
     let err =
-        load_text("[auditor]\n[[auditor.web-api-tokens]]\nname = \"x\"\nsha256 = \"abc\"\n")
+        load_text("[auditor]\n[[auditor.web-users]]\nname = \"pm\"\npassword-hash = \"secret\"\n")
             .unwrap_err()
             .to_string();
+    assert!(err.contains("argon2"), "{err}");
+    let err = load_text("[auditor]\n[[auditor.web-api-tokens]]\nname = \"x\"\nsha256 = \"abc\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("64 hex"), "{err}");
 }
 
@@ -357,10 +354,9 @@ fn auditor_login_throttling_is_read_and_checked() {
     let defaults = AuditorConfig::default();
     assert_eq!(defaults.web_login_max_failures, 5);
     assert_eq!(defaults.web_login_failure_window, Duration::from_secs(900));
-    let config = load_text(
-        "[auditor]\nweb-login-max-failures = 3\nweb-login-failure-window = \"2m 30s\"\n",
-    )
-    .unwrap();
+    let config =
+        load_text("[auditor]\nweb-login-max-failures = 3\nweb-login-failure-window = \"2m 30s\"\n")
+            .unwrap();
     assert_eq!(config.auditor.web_login_max_failures, 3);
     assert_eq!(
         config.auditor.web_login_failure_window,

@@ -13,11 +13,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE, AUDIT_QUEUE};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
 use tokio::time::Instant;
 use wire::AuditEvent;
-use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_EXCHANGE, AUDIT_QUEUE};
 
 use crate::account::{self, Accounting};
 use crate::client::{Drive, Load, Sent};

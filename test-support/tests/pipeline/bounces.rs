@@ -19,11 +19,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
+use platform::config::Config;
 use sqlx::Row as _;
 use test_support::eventually;
 use test_support::postfix::{PostfixOptions, free_port};
 use uuid::Uuid;
-use platform::config::Config;
 
 use crate::{Extras, Pipeline};
 

@@ -38,7 +38,9 @@ async fn held_spamassassin(
         .unwrap();
     let mut consumer = channel
         .basic_consume(
-            platform::broker::check_queue("spamassassin").as_str().into(),
+            platform::broker::check_queue("spamassassin")
+                .as_str()
+                .into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

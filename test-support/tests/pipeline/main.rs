@@ -17,11 +17,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
+use platform::config::Config;
 use test_support::postfix::{PostfixInstance, PostfixOptions, SwaksOutcome, swaks};
 use test_support::{TestBroker, TestDb, init_test_logging};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use platform::config::Config;
 
 /// The GTUBE string, in two halves so that this file is not itself spam.
 pub const GTUBE: &str = concat!(

@@ -14,9 +14,9 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use platform::config::ClamdAddress;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
-use platform::config::ClamdAddress;
 
 /// Bytes per INSTREAM chunk.
 const CHUNK: usize = 64 * 1024;

@@ -17,9 +17,9 @@ pub mod clamd;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use platform::config::{ClamavConfig, ClamdAddress};
 use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use platform::config::{ClamavConfig, ClamdAddress};
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use self::clamd::{ClamdError, Verdict};

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use serde_json::{Value, json};
 use platform::config::{Config, GreylistingConfig};
+use serde_json::{Value, json};
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use self::spf::{SpfOutcome, SpfWhitelist};

@@ -40,9 +40,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use platform::config::{Config, QuotasConfig};
 use serde::Serialize;
 use serde_json::json;
-use platform::config::{Config, QuotasConfig};
 use wire::{Action, AuditEvent, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use crate::module::{Module, ModuleError};

@@ -23,9 +23,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use platform::config::SpamAssassinConfig;
 use serde_json::json;
 use tokio::net::TcpStream;
-use platform::config::SpamAssassinConfig;
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use self::spamd::{ExchangeError, Reply};

@@ -22,10 +22,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use platform::config::Config;
 use regex::Regex;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{Executor as _, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
-use platform::config::Config;
 
 pub use self::check::{CheckOutcome, QuotaUsage};
 pub use self::import::ImportError;
