@@ -190,7 +190,7 @@ mod tests {
         let tally = [
             reserved(1, "2026-01-01 11:50:00", 1), // exactly TTL old: expired
             reserved(2, "2026-01-01 11:50:01", 2), // younger than the TTL: counted
-            kept(3, "2026-01-01 11:00:00", 4),     // kept: counted however old, within the window
+            kept(3, "2026-01-01 11:00:01", 4),     // kept: counted however old, within the window
         ];
         assert_eq!(sums(&w, &[(3600, 10)], &tally, 0), [6]);
         assert_eq!(sums(&w, &[(3601, 10)], &tally, 0), [6]);
@@ -240,11 +240,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(3, false), (5, false), (14, false)]
         );
-        // one unit more goes over the hour's curb only
+        // one unit more goes over the minute's curb (4 > 3) and the hour's (6 > 5), not the day's
         let usage = usages(&periods, &used, 2);
         assert_eq!(
             usage.iter().map(|u| u.exceeded).collect::<Vec<_>>(),
-            [false, true, false]
+            [true, true, false]
         );
     }
 
@@ -264,10 +264,9 @@ mod tests {
         let w = Windows::at(at(NOW), Duration::from_secs(u64::MAX));
         let century = at(NOW) - TimeDelta::seconds(100 * 366 * 24 * 3600);
         assert_eq!(w.ttl_cutoff, century);
-        assert_eq!(
-            w.cutoff(u32::MAX),
-            at(NOW) - TimeDelta::seconds(i64::from(u32::MAX))
-        );
+        // u32::MAX seconds is 136 years: over a century, so capped too
+        assert_eq!(w.cutoff(u32::MAX), century);
+        assert_eq!(w.cutoff(3600), at(NOW) - TimeDelta::seconds(3600));
         // the earliest instant chrono holds: the cut-off stays at now rather than wrap
         let first = NaiveDateTime::MIN;
         assert_eq!(Windows::at(first, Duration::from_secs(1)).ttl_cutoff, first);
