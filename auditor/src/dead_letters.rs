@@ -22,6 +22,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection};
 use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use platform::config::Urls;
 
 use crate::consume::REASON_HEADER;
 
@@ -48,15 +49,9 @@ struct Link {
 }
 
 impl Link {
-    async fn open(broker_url: &str) -> anyhow::Result<Self> {
-        let connection = broker::connect(broker_url, "cluegetter-auditor dead-letters")
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to RabbitMQ at {}",
-                    broker::redact(broker_url)
-                )
-            })?;
+    async fn open(broker_urls: &Urls) -> anyhow::Result<Self> {
+        let connection =
+            broker::connect_any(broker_urls, "cluegetter-auditor dead-letters").await?;
         let channel = connection
             .create_channel()
             .await
@@ -111,8 +106,8 @@ impl Link {
 ///
 /// # Errors
 /// The broker cannot be reached or refuses the declarations.
-pub async fn count(broker_url: &str) -> anyhow::Result<u32> {
-    let link = Link::open(broker_url).await?;
+pub async fn count(broker_urls: &Urls) -> anyhow::Result<u32> {
+    let link = Link::open(broker_urls).await?;
     let depth = link.depth().await;
     link.close().await;
     depth
@@ -122,8 +117,8 @@ pub async fn count(broker_url: &str) -> anyhow::Result<u32> {
 ///
 /// # Errors
 /// As [`count`].
-pub async fn show(broker_url: &str, limit: usize) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
-    let link = Link::open(broker_url).await?;
+pub async fn show(broker_urls: &Urls, limit: usize) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
+    let link = Link::open(broker_urls).await?;
     let result = async {
         let depth = link.depth().await?;
         let mut shown = Vec::new();
@@ -146,8 +141,8 @@ pub async fn show(broker_url: &str, limit: usize) -> anyhow::Result<(u32, Vec<De
 /// # Errors
 /// The broker cannot be reached, or refused or returned a copy; what was moved until then
 /// stays moved, the rest stays in the dead-letter queue.
-pub async fn replay(broker_url: &str, limit: Option<usize>) -> anyhow::Result<u64> {
-    let link = Link::open(broker_url).await?;
+pub async fn replay(broker_urls: &Urls, limit: Option<usize>) -> anyhow::Result<u64> {
+    let link = Link::open(broker_urls).await?;
     let result = async {
         link.channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use platform::backoff::Backoff;
 use platform::broker;
 use platform::config::Config;
 use tokio::sync::mpsc;
@@ -105,7 +106,7 @@ impl SpoolPublisher {
         }
         let (queue, receiver) = mpsc::unbounded_channel();
         tracker.spawn(publish_loop(
-            config.broker.url.clone(),
+            broker::Supervisor::from_config(&config.broker, "bounce-ingest"),
             config.broker.reconnect_max_backoff,
             spool,
             replay.into(),
@@ -123,22 +124,18 @@ impl SpoolPublisher {
     }
 }
 
+/// A connection to the first node that answers, with the bounce channel set up.
 async fn connect(
-    url: &str,
-    max_backoff: Duration,
+    supervisor: &mut broker::Supervisor,
     stop: &CancellationToken,
 ) -> Option<(Connection, Channel)> {
     loop {
-        let connection =
-            broker::connect_with_backoff(url, "bounce-ingest", max_backoff, stop).await?;
+        let connection = supervisor.connect(stop).await?;
         match open_channel(&connection).await {
             Ok(channel) => return Some((connection, channel)),
             Err(error) => {
-                tracing::warn!(%error, "cannot set up the bounce channel; retrying");
-                platform::broker::close(&connection, 320, "retrying").await;
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                if !supervisor.end(&connection, Err(error), stop).await {
+                    return None;
                 }
             }
         }
@@ -150,7 +147,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 async fn publish_loop(
-    url: String,
+    mut supervisor: broker::Supervisor,
     max_backoff: Duration,
     spool: Spool,
     mut pending: VecDeque<SpoolEntry>,
@@ -158,7 +155,7 @@ async fn publish_loop(
     stop: CancellationToken,
 ) {
     let mut link: Option<(Connection, Channel)> = None;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(max_backoff);
     'events: loop {
         let entry = match pending.pop_front() {
             Some(entry) => entry,
@@ -177,7 +174,7 @@ async fn publish_loop(
         };
         loop {
             if link.is_none() {
-                link = connect(&url, max_backoff, &stop).await;
+                link = connect(&mut supervisor, &stop).await;
             }
             let Some((_, channel)) = link.as_ref() else {
                 break 'events;
@@ -188,21 +185,21 @@ async fn publish_loop(
                     tracing::debug!(bounce_id = %event.bounce_id, "bounce event confirmed");
                     let remover = spool.clone();
                     blocking(move || remover.remove(&entry)).await;
-                    delay = Duration::from_millis(100);
+                    backoff.reset();
                     break;
                 }
                 Err(error) => {
                     ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(bounce_id = %event.bounce_id, %error, retry_in = ?delay,
                         "bounce event not confirmed; retrying");
                     if let Some((connection, _)) = link.take() {
                         platform::broker::close(&connection, 320, "reconnecting").await;
+                        supervisor.lost();
                     }
-                    tokio::select! {
-                        () = stop.cancelled() => break 'events,
-                        () = tokio::time::sleep(delay) => {}
+                    if !backoff.sleep_for(delay, &stop).await {
+                        break 'events;
                     }
-                    delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
                 }
             }
         }

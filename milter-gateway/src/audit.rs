@@ -81,8 +81,7 @@ impl AuditPublisher {
             }
         }
         tracker.spawn(publish_loop(
-            config.broker.url.clone(),
-            config.broker.reconnect_max_backoff,
+            broker::Supervisor::from_config(&config.broker, "milter-gateway audit"),
             spool.clone(),
             queue.clone(),
             shutdown,
@@ -160,14 +159,14 @@ impl AuditPublisher {
     }
 }
 
+/// A connection to the first node that answers, with a confirming channel on which the audit
+/// topology is declared.
 async fn connect_channel(
-    url: &str,
-    max_backoff: Duration,
+    supervisor: &mut broker::Supervisor,
     stop: &CancellationToken,
 ) -> Option<(lapin::Connection, Channel)> {
     loop {
-        let connection =
-            broker::connect_with_backoff(url, "milter-gateway audit", max_backoff, stop).await?;
+        let connection = supervisor.connect(stop).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
             broker::declare_audit_topology(&channel).await?;
@@ -179,10 +178,8 @@ async fn connect_channel(
         match setup.await {
             Ok(channel) => return Some((connection, channel)),
             Err(error) => {
-                tracing::warn!(%error, "cannot set up the audit channel; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                if !supervisor.end(&connection, Err(error), stop).await {
+                    return None;
                 }
             }
         }
@@ -273,8 +270,7 @@ const WINDOW: usize = 256;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn publish_loop(
-    url: String,
-    max_backoff: Duration,
+    mut supervisor: broker::Supervisor,
     spool: Spool,
     queue: Arc<Queue>,
     shutdown: CancellationToken,
@@ -318,7 +314,7 @@ async fn publish_loop(
         };
         while !batch.is_empty() {
             if link.is_none() {
-                link = connect_channel(&url, max_backoff, &shutdown).await;
+                link = connect_channel(&mut supervisor, &shutdown).await;
             }
             let Some((_, channel)) = link.as_ref() else {
                 // Shutting down without a broker: the spool keeps the events for the next start.
@@ -345,6 +341,7 @@ async fn publish_loop(
                 metrics::counter!("cluegetter_gateway_audit_publish_retries_total").increment(1);
                 if let Some((connection, _)) = link.take() {
                     broker::close(&connection, 320, "reconnecting").await;
+                    supervisor.lost();
                 }
                 if shutdown.is_cancelled() {
                     tracing::warn!(
