@@ -262,11 +262,12 @@ wait_rabbit_up() {
     fi
 }
 
-rabbit_join() {
-    local n=$1
-    rctl "$n" rabbitmqctl stop_app >/dev/null &&
-    rctl "$n" rabbitmqctl join_cluster "$(rabbit_name 1)" >/dev/null &&
-    rctl "$n" rabbitmqctl start_app >/dev/null || { err "rabbit node $n: join_cluster $(rabbit_name 1) failed"; return 1; }
+rabbit_join() {   # (start_app logs harmless errors about tables on nodes still joining: shown on failure only)
+    local n=$1 out
+    out=$( { rctl "$n" rabbitmqctl -q stop_app &&
+             rctl "$n" rabbitmqctl -q join_cluster "$(rabbit_name 1)" &&
+             rctl "$n" rabbitmqctl -q start_app; } 2>&1 ) \
+        || { printf '%s\n' "$out" >&2; err "rabbit node $n: join_cluster $(rabbit_name 1) failed"; return 1; }
 }
 
 rabbit_has_count() { [ "$(rabbit_running_count "$1")" = "$2" ]; }
@@ -608,7 +609,23 @@ cmd_restart() {
         [ -z "$(galera_pid "$n")" ] || die "galera node $n is running (kill9 it first)"
         for i in $NODES; do [ "$i" != "$n" ] && [ -n "$(galera_pid "$i")" ] && others=$((others + 1)); done
         [ "$others" -gt 0 ] || die "no other galera node runs: nothing to join (stop and start the cluster)"
-        start_galera_node "$n"
+        # What mysqld_safe does after a crash: recover the last committed position from InnoDB, so
+        # that the node asks for the missing write sets only (IST) instead of a full SST. (Without
+        # it the position is unknown and rsync SST copies the schema directories but not the node's
+        # own ddl_recovery.log, whose replay can then drop a table created just before the kill.)
+        local pos
+        rm -f "$DIR/galera$n/recover.log"
+        /usr/sbin/mariadbd --defaults-file="$DIR/galera$n/my.cnf" --wsrep-recover \
+            --log-error="$DIR/galera$n/recover.log" >/dev/null 2>&1
+        pos=$(sed -n 's/.*WSREP: Recovered position: *\([0-9a-f-]*:-\{0,1\}[0-9]*\).*/\1/p' "$DIR/galera$n/recover.log" | tail -n 1)
+        cat "$DIR/galera$n/recover.log" >> "$DIR/galera$n/error.log"
+        if [ -n "$pos" ]; then
+            say "galera node $n: recovered position $pos"
+            start_galera_node "$n" "--wsrep_start_position=$pos"
+        else
+            warn "galera node $n: no position recovered (see $DIR/galera$n/error.log): full SST"
+            start_galera_node "$n"
+        fi
         wait_galera "$n" $((others + 1)) || exit 1
     fi
     write_env
