@@ -156,8 +156,9 @@ wait_until() {  # wait_until SECONDS DESCRIPTION CMD...
 REAPER_PL='
 use strict; use warnings; use POSIX qw(setsid WNOHANG); use IO::Select;
 my ($fifo) = @ARGV; $0 = "cluster.sh-reaper $fifo";
-require "syscall.ph";
-syscall(&SYS_prctl, 36, 1, 0, 0, 0) == 0 or die "prctl(PR_SET_CHILD_SUBREAPER): $!\n";
+my $nr = eval { require "syscall.ph"; &SYS_prctl() }            # syscall.ph is not in perl-base
+    // { x86_64 => 157, aarch64 => 167 }->{(POSIX::uname())[4]} // die "prctl: unknown syscall number\n";
+syscall($nr, 36, 1, 0, 0, 0) == 0 or die "prctl(PR_SET_CHILD_SUBREAPER): $!\n";
 open(my $in, "+<", $fifo) or die "open $fifo: $!\n";
 my $sel = IO::Select->new($in); my $buf = ""; my $quit = 0;
 $SIG{TERM} = sub { $quit = 1 }; $SIG{INT} = "IGNORE"; $SIG{HUP} = "IGNORE";
@@ -199,8 +200,9 @@ rctl() {
 rabbit_pid() { local p; p=$(cat "$DIR/rabbit$1/pid" 2>/dev/null) && alive "$p" && echo "$p"; }
 # number of running nodes in the cluster as node N sees it (empty if it cannot say)
 rabbit_running_count() {
-    rctl "$1" rabbitmqctl -q -t "${2:-10}" cluster_status --formatter json 2>/dev/null \
-        | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["running_nodes"]))' 2>/dev/null
+    local json
+    json=$(rctl "$1" rabbitmqctl -q -t "${2:-10}" cluster_status --formatter json 2>/dev/null) || return 0
+    printf '%s' "$json" | grep -o '"running_nodes":\[[^]]*\]' | grep -o '@' | wc -l
 }
 
 write_rabbit_node() {
@@ -237,11 +239,20 @@ EOF
         echo "disk_free_limit.absolute = 50MB"
         echo "log.console = false"
         echo "log.file.level = info"
+        # node 1 creates the user at boot (no CLI calls); 2 and 3 get it when they join
+        [ "$n" = 1 ] && echo "load_definitions = $d/definitions.json"
         if [ "$CLUSTER_MANAGEMENT" = 1 ]; then
             echo "management.tcp.ip = $a"
             echo "management.tcp.port = $mgmt"
         fi
     } > "$d/rabbitmq.conf"
+    cat > "$d/definitions.json" <<EOF
+{"users": [{"name": "$RABBIT_USER", "password": "$RABBIT_PASSWORD", "tags": "administrator"},
+           {"name": "guest", "password": "guest", "tags": "administrator"}],
+ "vhosts": [{"name": "/"}],
+ "permissions": [{"user": "$RABBIT_USER", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+                 {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}]}
+EOF
     if [ "$CLUSTER_MANAGEMENT" = 1 ]; then echo '[rabbitmq_management].' > "$d/enabled_plugins"; else echo '[].' > "$d/enabled_plugins"; fi
     cat > "$d/run.sh" <<EOF
 #!/bin/sh
@@ -357,6 +368,8 @@ wait_galera() {   # wait_galera N SIZE
 dir_hash() { printf '%s' "$DIR" | md5sum | cut -c1-8; }
 chain_of() { echo "cgc-$(dir_hash)-n$1"; }
 isolated() { iptables -n -L "$(chain_of "$1")" >/dev/null 2>&1; }
+# isolated_kind N KIND: node N is isolated for that kind of node
+isolated_kind() { iptables -S "$(chain_of "$1")" 2>/dev/null | grep -q -- "--ports $(ports_of_kind "$2") "; }
 # ports_of_kind rabbit|galera: every listening port of that kind, comma-separated
 ports_of_kind() {
     case $1 in
@@ -440,7 +453,7 @@ cmd_start() {
         load_env; say "already running in $DIR"; print_lists; return 0
     fi
     local missing=""
-    for p in /usr/lib/rabbitmq/bin/rabbitmq-server /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/rsync /usr/bin/perl /usr/bin/python3 /usr/bin/setpriv; do
+    for p in /usr/lib/rabbitmq/bin/rabbitmq-server /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/rsync /usr/bin/perl /usr/bin/setpriv; do
         [ -x "$p" ] || missing="$missing $p"
     done
     GALERA_LIB=$(galera_lib) || missing="$missing libgalera_smm.so"
@@ -489,8 +502,10 @@ cmd_start() {
     # galera: node 1 bootstraps the cluster from a fresh data directory, 2 and 3 join by rsync SST
     mariadb-install-db --no-defaults --user=mysql --datadir="$DIR/galera1/data" --skip-test-db \
         >"$DIR/galera1/install-db.log" 2>&1 || { cat "$DIR/galera1/install-db.log" >&2; die "mariadb-install-db failed"; }
+    say "+$(secs "$t0" "$(now)")s rabbit nodes starting, galera node 1 initialised"
     start_galera_node 1 --wsrep-new-cluster
     wait_galera 1 1 || exit 1
+    say "+$(secs "$t0" "$(now)")s galera node 1 has bootstrapped the cluster"
     gsql 1 -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.%' IDENTIFIED BY '';
                GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.%' WITH GRANT OPTION;
                CREATE DATABASE IF NOT EXISTS \`$DATABASE\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;" \
@@ -498,11 +513,11 @@ cmd_start() {
     for n in 2 3; do start_galera_node "$n"; done
 
     for n in $NODES; do wait_rabbit_up "$n" || exit 1; done
+    say "+$(secs "$t0" "$(now)")s rabbit nodes up"
     for n in 2 3; do rabbit_join "$n" || exit 1; done
-    rctl 1 rabbitmqctl add_user "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null 2>&1
-    rctl 1 rabbitmqctl set_user_tags "$RABBIT_USER" administrator >/dev/null &&
-    rctl 1 rabbitmqctl set_permissions -p / "$RABBIT_USER" '.*' '.*' '.*' >/dev/null || die "rabbit: cannot set up user $RABBIT_USER"
+    say "+$(secs "$t0" "$(now)")s rabbit nodes 2 and 3 joined"
     wait_until "$CLUSTER_START_TIMEOUT" "rabbit cluster of 3 running nodes" rabbit_has_count 1 3 || exit 1
+    say "+$(secs "$t0" "$(now)")s rabbit cluster of 3 running nodes"
     for n in 2 3; do wait_galera "$n" 3 || exit 1; done
     wait_galera 1 3 || exit 1
     write_env
@@ -560,7 +575,7 @@ cmd_status() {
         st="down"
         if [ -n "$p" ]; then
             if listening "$a" "$(nth "$n" "$RABBIT_PORTS")"; then st="running"; else st="paused or booting (AMQP port closed)"; fi
-            isolated "$n" && st="$st, ISOLATED" || { count=$(rabbit_running_count "$n" 5); st="$st, sees ${count:-?} running nodes"; }
+            isolated_kind "$n" rabbit && st="$st, ISOLATED" || { count=$(rabbit_running_count "$n" 5); st="$st, sees ${count:-?} running nodes"; }
         fi
         printf '  %-16s amqp %s:%s  pid %-7s %s\n' "$(rabbit_name "$n")" "$a" "$(nth "$n" "$RABBIT_PORTS")" "${p:--}" "$st"
     done
@@ -570,7 +585,7 @@ cmd_status() {
         st="down"
         if [ -n "$p" ]; then
             st=$(galera_state "$n"); st="size/state/status: ${st:-?}"
-            isolated "$n" && st="$st, ISOLATED"
+            isolated_kind "$n" galera && st="$st, ISOLATED"
         fi
         printf '  %-16s mysql %s:%s  pid %-7s %s\n' "galera$n" "$a" "$(nth "$n" "$GALERA_PORTS")" "${p:--}" "$st"
     done
@@ -614,7 +629,9 @@ cmd_restart() {
         # it the position is unknown and rsync SST copies the schema directories but not the node's
         # own ddl_recovery.log, whose replay can then drop a table created just before the kill.)
         local pos
-        rm -f "$DIR/galera$n/recover.log"
+        # gvwstate.dat would make it first try to restore the old primary view (pc.recovery,
+        # meant for a whole-cluster outage), which costs ~15 s while the others run anyway
+        rm -f "$DIR/galera$n/recover.log" "$DIR/galera$n/data/gvwstate.dat"
         /usr/sbin/mariadbd --defaults-file="$DIR/galera$n/my.cnf" --wsrep-recover \
             --log-error="$DIR/galera$n/recover.log" >/dev/null 2>&1
         pos=$(sed -n 's/.*WSREP: Recovered position: *\([0-9a-f-]*:-\{0,1\}[0-9]*\).*/\1/p' "$DIR/galera$n/recover.log" | tail -n 1)
