@@ -92,6 +92,21 @@ descendants() {
                                 if (q == root && p != root && st[p] != "Z") print p } }'
 }
 not_alive() { ! alive "$1"; }
+# Live processes that work in DIR or name it (all of the cluster's: the nodes run in DIR/<node>,
+# the reaper in DIR, epmd names its port), as "pid command" lines.
+dir_processes() {
+    local p cwd args
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}; [ "$p" = $$ ] && continue
+        alive "$p" || continue
+        cwd=$(readlink "/proc/$p/cwd" 2>/dev/null)
+        args=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)
+        case "$cwd/" in "$DIR"/*) ;; *)
+            case "$args" in *"$DIR"/*|*"epmd -port ${RABBIT_EPMD_PORT:-none} "*) ;; *) continue ;; esac ;;
+        esac
+        echo "$p ${args:0:100}"
+    done
+}
 # true once nothing but epmd runs under the reaper $1
 only_epmd_left() { local p; for p in $(descendants "$1"); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = epmd ] || return 1; done; }
 rss_kb() { local t=0 p r; for p in "$@"; do r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null); t=$(( t + ${r:-0} )); done; echo "$t"; }
@@ -179,7 +194,7 @@ while (1) {
 reaper_pid() { local p; p=$(cat "$DIR/reaper.pid" 2>/dev/null) && alive "$p" && echo "$p"; }
 start_reaper() {
     rm -f "$DIR/reaper.fifo"; mkfifo -m 600 "$DIR/reaper.fifo" || die "mkfifo $DIR/reaper.fifo"
-    setsid perl -e "$REAPER_PL" "$DIR/reaper.fifo" </dev/null >>"$DIR/reaper.log" 2>&1 &
+    (cd "$DIR" && exec setsid perl -e "$REAPER_PL" "$DIR/reaper.fifo" </dev/null >>"$DIR/reaper.log" 2>&1) &
     echo $! > "$DIR/reaper.pid"
     sleep 0.2
     reaper_pid >/dev/null || die "the reaper did not start; see $DIR/reaper.log"
@@ -561,6 +576,8 @@ cmd_stop() {
         [ -n "${RABBIT_EPMD_PORT:-}" ] && epmd -port "$RABBIT_EPMD_PORT" -kill >/dev/null 2>&1
     fi
     rm -f "$DIR/reaper.pid" "$DIR/reaper.fifo" "$REGISTRY/$(dir_hash)"
+    left=$(dir_processes)
+    [ -z "$left" ] || warn "processes still in $DIR (not stopped): $(echo "$left" | tr '\n' ';')"
     say "stopped in $(secs "$t0" "$(now)")s (data and logs stay in $DIR; start makes a fresh cluster)"
 }
 
