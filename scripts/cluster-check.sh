@@ -8,7 +8,7 @@
 #
 #   scripts/cluster-check.sh [DIR]      (default /tmp/cluster-check; removed at the end if all passed)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 DIR=${1:-/tmp/cluster-check}
 C=scripts/cluster.sh
 fail() { echo "cluster-check: FAILED: $*" >&2; $C stop "$DIR" >/dev/null 2>&1; exit 1; }

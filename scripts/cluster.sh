@@ -73,6 +73,7 @@ usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 addr_of()     { echo "127.0.0.$(( $1 + 1 ))"; }
 rabbit_name() { echo "cg$1@$(addr_of "$1")"; }
+# shellcheck disable=SC2048,SC2086 # the list is split on purpose
 nth()         { local i=$1; shift; set -- $*; eval "echo \${$i}"; }   # nth 2 "a b c" -> b
 
 # ------------------------------------------------------------------ processes ----
@@ -320,8 +321,8 @@ galera_state() {
 galera_synced() { local s; s=$(galera_state "$1"); [[ $s == "$2 Synced Primary" ]]; }
 
 write_galera_node() {
-    local n=$1 a d=$DIR/galera$n port gcomm ist sst addrs="" i
-    a=$(addr_of "$n")
+    local n=$1 a d port gcomm ist sst addrs="" i
+    d=$DIR/galera$n    a=$(addr_of "$n")
     port=$(nth "$n" "$GALERA_PORTS"); gcomm=$(nth "$n" "$GALERA_GCOMM_PORTS")
     ist=$(nth "$n" "$GALERA_IST_PORTS"); sst=$(nth "$n" "$GALERA_SST_PORTS")
     for i in $NODES; do addrs="$addrs${addrs:+,}$(addr_of "$i"):$(nth "$i" "$GALERA_GCOMM_PORTS")"; done
@@ -467,6 +468,9 @@ cmd_start() {
     if [ -n "$(reaper_pid)" ]; then
         load_env; say "already running in $DIR"; print_lists; return 0
     fi
+    for n in $NODES; do
+        [ -z "$(rabbit_pid "$n")$(galera_pid "$n")" ] || die "nodes of an earlier cluster still run in $DIR: cluster.sh stop $DIR first"
+    done
     local missing=""
     for p in /usr/lib/rabbitmq/bin/rabbitmq-server /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/rsync /usr/bin/perl /usr/bin/setpriv; do
         [ -x "$p" ] || missing="$missing $p"
@@ -482,7 +486,7 @@ cmd_start() {
     for n in $NODES; do heal_node "$n" >/dev/null 2>&1; done
 
     mkdir -p "$REGISTRY"; echo "$DIR" > "$REGISTRY/$(dir_hash)"
-    ports=($(pick_ports 22)); [ ${#ports[@]} -eq 22 ] || exit 1
+    read -ra ports <<< "$(pick_ports 22)"; [ ${#ports[@]} -eq 22 ] || exit 1
     ALL_PORTS="${ports[*]}"
     RABBIT_EPMD_PORT=${ports[0]}
     RABBIT_PORTS="${ports[*]:1:3}"; RABBIT_DIST_PORTS="${ports[*]:4:3}"; RABBIT_MGMT_PORTS="${ports[*]:7:3}"
@@ -584,7 +588,12 @@ cmd_stop() {
 cmd_status() {
     local rp n a st p count procs
     rp=$(reaper_pid)
-    [ -n "$rp" ] || { say "not running ($DIR)"; return 1; }
+    if [ -z "$rp" ]; then
+        local any=""
+        for n in $NODES; do any="$any$(rabbit_pid "$n")$(galera_pid "$n")"; done
+        [ -n "$any" ] || { say "not running ($DIR)"; return 1; }
+        warn "the reaper is gone but nodes still run: cluster.sh stop $DIR"
+    fi
     load_env
     echo "rabbit (epmd 127.0.0.1:$RABBIT_EPMD_PORT):"
     for n in $NODES; do
@@ -606,8 +615,10 @@ cmd_status() {
         fi
         printf '  %-16s mysql %s:%s  pid %-7s %s\n' "galera$n" "$a" "$(nth "$n" "$GALERA_PORTS")" "${p:--}" "$st"
     done
-    procs=$(descendants "$rp")
-    echo "processes: $(echo $procs | wc -w) under reaper $rp, RSS $(( $(rss_kb $procs $rp) / 1024 )) MiB in total"
+    if [ -n "$rp" ]; then
+        procs=$(descendants "$rp")
+        echo "processes: $(echo $procs | wc -w) under reaper $rp, RSS $(( $(rss_kb $procs $rp) / 1024 )) MiB in total"
+    fi
     echo
     print_lists
 }
