@@ -645,9 +645,11 @@ cmd_restart() {
     t0=$(now)
     if [ "$kind" = rabbit ]; then
         [ -z "$(rabbit_pid "$n")" ] || die "rabbit node $n is running (kill9 it first)"
+        for i in $NODES; do [ "$i" != "$n" ] && [ -n "$(rabbit_pid "$i")" ] && others=$((others + 1)); done
         start_rabbit_node "$n"
         wait_rabbit_up "$n" || exit 1
-        wait_until "$CLUSTER_START_TIMEOUT" "rabbit node $n back among 3 running nodes" rabbit_has_count "$n" 3 || exit 1
+        wait_until "$CLUSTER_START_TIMEOUT" "rabbit node $n back among $((others + 1)) running nodes" \
+            rabbit_has_count "$n" $((others + 1)) || exit 1
     else
         [ -z "$(galera_pid "$n")" ] || die "galera node $n is running (kill9 it first)"
         for i in $NODES; do [ "$i" != "$n" ] && [ -n "$(galera_pid "$i")" ] && others=$((others + 1)); done
