@@ -143,6 +143,9 @@ install_pkgs() {
     t0=$(now)
     say "$svc: installing ${missing[*]}"
     if [ "$APT_UPDATED" = 0 ]; then
+        # an earlier run that was killed mid-install leaves dpkg half-configured, and every
+        # apt-get install after it fails until this is run
+        dpkg --configure -a >/tmp/start-peers-dpkg-configure.log 2>&1 || true
         apt-get update -qq >/tmp/start-peers-apt-update.log 2>&1 \
             || { err "apt-get update failed, see /tmp/start-peers-apt-update.log"; return 1; }
         APT_UPDATED=1

@@ -20,11 +20,10 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use platform::backoff::Backoff;
 use platform::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
 use platform::config::Config;
@@ -247,34 +246,16 @@ async fn dead_letter(
         REASON_HEADER.into(),
         AMQPValue::LongString(LongString::from(reason)),
     );
-    let properties = delivery
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            BOUNCE_DEAD_LETTER_QUEUE.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
-        .await
-        .context("cannot publish to the bounce dead-letter queue")?
-        .await
-        .context("no confirm for a dead-lettered bounce")?;
-    match confirmation {
-        Confirmation::Ack(None) => {}
-        Confirmation::Ack(Some(_)) => {
-            bail!("the broker returned a dead-lettered bounce: no queue {BOUNCE_DEAD_LETTER_QUEUE}")
-        }
-        Confirmation::Nack(_) => bail!("the broker refused a dead-lettered bounce"),
-        Confirmation::NotRequested => bail!("publisher confirms are off on the bounce channel"),
-    }
+    let properties = delivery.properties.clone().with_headers(headers);
+    broker::publish_confirmed(
+        channel,
+        "",
+        BOUNCE_DEAD_LETTER_QUEUE,
+        &delivery.data,
+        properties,
+    )
+    .await
+    .with_context(|| format!("cannot dead-letter a bounce to {BOUNCE_DEAD_LETTER_QUEUE}"))?;
     metrics::counter!(DEAD_LETTERED, "reason" => kind).increment(1);
     tracing::warn!(%reason, queue = BOUNCE_DEAD_LETTER_QUEUE, "poison bounce event dead-lettered");
     Ok(())

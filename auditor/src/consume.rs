@@ -23,11 +23,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use lapin::Confirmation;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, Consumer};
@@ -354,43 +352,24 @@ async fn dead_letter(channel: &Channel, poison: &[Poison<'_>]) -> anyhow::Result
             REASON_HEADER.into(),
             AMQPValue::LongString(LongString::from(item.reason.as_str())),
         );
-        let properties = item
-            .delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                AUDIT_DEAD_LETTER_QUEUE.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &item.delivery.data,
-                properties,
-            )
-            .await
-            .context("cannot publish to the dead-letter queue")?;
+        let properties = item.delivery.properties.clone().with_headers(headers);
+        let confirm = broker::publish_mandatory(
+            channel,
+            "",
+            AUDIT_DEAD_LETTER_QUEUE,
+            &item.delivery.data,
+            properties,
+        )
+        .await
+        .context("cannot publish to the dead-letter queue")?;
         confirms.push(confirm);
     }
     for (item, confirm) in poison.iter().zip(confirms) {
-        match confirm
+        let confirmation = confirm
             .await
-            .context("no confirm for a dead-lettered event")?
-        {
-            Confirmation::Ack(None) => {}
-            Confirmation::Ack(Some(_)) => {
-                bail!(
-                    "the broker returned a dead-lettered event: no queue {AUDIT_DEAD_LETTER_QUEUE}"
-                )
-            }
-            Confirmation::Nack(_) => bail!("the broker refused a dead-lettered event"),
-            Confirmation::NotRequested => {
-                bail!("publisher confirms are off on the auditor's channel")
-            }
-        }
+            .context("no confirm for a dead-lettered event")?;
+        broker::confirmed(&confirmation)
+            .with_context(|| format!("cannot dead-letter an event to {AUDIT_DEAD_LETTER_QUEUE}"))?;
         ::metrics::counter!(metrics::DEAD_LETTERED, "reason" => item.kind).increment(1);
         tracing::warn!(
             message_id = %item.message_id,

@@ -13,14 +13,11 @@
 //! `cluegetter.audit`: other queues bound to it (the quotas settle queue) had their copy of the
 //! event the first time.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
 use platform::config::Urls;
 
@@ -192,29 +189,10 @@ async fn move_back(channel: &Channel, delivery: &Delivery) -> anyhow::Result<()>
     let properties = delivery
         .properties
         .clone()
-        .with_headers(FieldTable::from(headers))
-        .with_delivery_mode(2);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            AUDIT_QUEUE.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
+        .with_headers(FieldTable::from(headers));
+    broker::publish_confirmed(channel, "", AUDIT_QUEUE, &delivery.data, properties)
         .await
-        .context("cannot publish")?
-        .await
-        .context("no confirm")?;
-    match confirm {
-        Confirmation::Ack(None) => {}
-        Confirmation::Ack(Some(_)) => bail!("the broker returned it: no queue {AUDIT_QUEUE}"),
-        Confirmation::Nack(_) => bail!("the broker refused it"),
-        Confirmation::NotRequested => bail!("publisher confirms are off"),
-    }
+        .with_context(|| format!("cannot move it back to {AUDIT_QUEUE}"))?;
     channel
         .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
         .await

@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{BasicProperties, Channel, Connection};
 use platform::backoff::Backoff;
 use platform::broker;
 use platform::config::Config;
@@ -23,17 +23,7 @@ use wire::BounceEvent;
 use crate::metrics;
 use crate::spool::{Spool, SpoolEntry};
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("RabbitMQ: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("RabbitMQ refused (nacked) the bounce event")]
-    Nacked,
-    #[error("RabbitMQ returned the bounce event as unroutable (no queue bound to {exchange})")]
-    Unroutable { exchange: &'static str },
-    #[error("publisher confirms are off on this channel")]
-    NoConfirm,
-}
+pub use platform::broker::PublishError;
 
 /// A channel with the bounce topology declared and publisher confirms on.
 ///
@@ -54,30 +44,16 @@ pub async fn open_channel(connection: &Connection) -> Result<Channel, lapin::Err
 /// Anything short of an ack for a routed message.
 pub async fn publish(channel: &Channel, event: &BounceEvent) -> Result<(), PublishError> {
     let properties = BasicProperties::default()
-        .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(event.bounce_id.to_string().into());
-    let confirmation = channel
-        .basic_publish(
-            broker::BOUNCE_EXCHANGE.into(),
-            "".into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &wire::contract::encode(event),
-            properties,
-        )
-        .await?
-        .await?;
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
-            exchange: broker::BOUNCE_EXCHANGE,
-        }),
-        Confirmation::Nack(_) => Err(PublishError::Nacked),
-        Confirmation::NotRequested => Err(PublishError::NoConfirm),
-    }
+    broker::publish_confirmed(
+        channel,
+        broker::BOUNCE_EXCHANGE,
+        "",
+        &wire::contract::encode(event),
+        properties,
+    )
+    .await
 }
 
 /// The handle the listener queues spooled events on. Dropping every handle lets the task

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Channel};
 use platform::broker;
 use platform::config::Config;
@@ -188,7 +188,6 @@ async fn connect_channel(
 
 fn properties(event: &AuditEvent) -> BasicProperties {
     BasicProperties::default()
-        .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(event.message_id.to_string().into())
 }
@@ -200,15 +199,16 @@ async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Opt
     let mut pending = Vec::with_capacity(events.len());
     let mut error = None;
     for event in events {
-        match channel
-            .basic_publish(
-                broker::AUDIT_EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &wire::contract::encode(event),
-                properties(event),
-            )
-            .await
+        // mandatory: an event nothing routes comes back in the confirm instead of being
+        // acked and dropped
+        match broker::publish_mandatory(
+            channel,
+            broker::AUDIT_EXCHANGE,
+            "",
+            &wire::contract::encode(event),
+            properties(event),
+        )
+        .await
         {
             Ok(confirm) => {
                 // handed to the broker, not yet confirmed: published minus confirmed is what
@@ -228,11 +228,13 @@ async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Opt
         // the spool for ever: give up, reconnect and publish again (the auditor ignores the
         // duplicate if the broker had taken it).
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(c)) if c.is_ack() => confirmed += 1,
-            Ok(Ok(_)) => {
-                error = Some("the broker refused (nacked) the event".to_owned());
-                break;
-            }
+            Ok(Ok(confirmation)) => match broker::confirmed(&confirmation) {
+                Ok(()) => confirmed += 1,
+                Err(refused) => {
+                    error = Some(refused.to_string());
+                    break;
+                }
+            },
             Ok(Err(e)) => {
                 error = Some(e.to_string());
                 break;

@@ -18,9 +18,12 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -259,6 +262,76 @@ impl Supervisor {
         );
         self.session_backoff.sleep_for(delay, shutdown).await
     }
+}
+
+/// Why a publish that must not be lost did not end in a routed, confirmed message.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ returned it as unroutable (no queue is bound for it)")]
+    Unroutable,
+    #[error("RabbitMQ refused (nacked) it")]
+    Nacked,
+    #[error("publisher confirms are off on this channel")]
+    NoConfirm,
+}
+
+/// The broker's answer to a publish as a result: only an ack of a routed message is `Ok`
+/// (a `mandatory` message nothing routes comes back in the ack).
+///
+/// # Errors
+/// Returned, nacked, or confirms not enabled.
+pub fn confirmed(confirmation: &Confirmation) -> Result<(), PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::NotRequested => Err(PublishError::NoConfirm),
+    }
+}
+
+/// The one way to publish what must not be lost: `mandatory` (else an unroutable message is
+/// acked and gone) and persistent, on a channel with confirms on. Returns once the message is
+/// handed over; await the returned confirm and pass it to [`confirmed`] (publishing a window
+/// before awaiting is what makes confirms fast). [`publish_confirmed`] does both for one.
+///
+/// # Errors
+/// The channel failed.
+pub async fn publish_mandatory(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, lapin::Error> {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties.with_delivery_mode(2),
+        )
+        .await
+}
+
+/// [`publish_mandatory`] and wait for the broker's confirm.
+///
+/// # Errors
+/// Anything short of an ack for a routed message.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let confirm = publish_mandatory(channel, exchange, routing_key, body, properties).await?;
+    confirmed(&confirm.await?)
 }
 
 /// Declares the check exchange and the module's durable queue, bound by the module name.
