@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use sqlx::Executor as _;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+
+use crate::backoff::Backoff;
 
 use crate::config::DatabaseConfig;
 
@@ -133,9 +135,94 @@ pub fn is_connection_error(error: &sqlx::Error) -> bool {
     )
 }
 
+/// MariaDB's "Deadlock found when trying to get lock": InnoDB chose this transaction as a
+/// deadlock victim, or (under Galera) another node's transaction certified first.
+pub const ER_LOCK_DEADLOCK: u16 = 1213;
+/// "Lock wait timeout exceeded".
+pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// Whether the server rolled the transaction back because it lost a conflict with another
+/// one, and asks for it to be tried again: a deadlock, a Galera certification failure (both
+/// 1213) or a lock wait timeout (1205).
+pub fn is_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)),
+        _ => false,
+    }
+}
+
+/// The one way to retry a transaction that lost a conflict ([`is_conflict`]): a bounded number
+/// of attempts, each after a short pause with jitter, so that two writers that collided (on
+/// two Galera nodes, they collide at COMMIT) do not collide again at once.
+///
+/// ```ignore
+/// let mut retries = ConflictRetries::new("quota transaction", 5);
+/// loop {
+///     let outcome = transaction(&mut conn).await;
+///     if let Err(error) = &outcome && retries.again(error).await { continue; }
+///     return outcome;
+/// }
+/// ```
+#[derive(Debug)]
+pub struct ConflictRetries {
+    /// What is tried, for the log.
+    what: &'static str,
+    made: u32,
+    attempts: u32,
+    pause: Backoff,
+}
+
+impl ConflictRetries {
+    /// First pause; they double up to [`ConflictRetries::MAX_PAUSE`], with jitter.
+    pub const FIRST_PAUSE: Duration = Duration::from_millis(2);
+    pub const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+    /// At most `attempts` in all (the first included).
+    pub fn new(what: &'static str, attempts: u32) -> Self {
+        Self {
+            what,
+            made: 1,
+            attempts,
+            pause: Backoff::starting_at(Self::FIRST_PAUSE, Self::MAX_PAUSE).with_jitter(),
+        }
+    }
+
+    /// Whether to try again after `error`: only a conflict, and only while attempts are left;
+    /// pauses before saying yes.
+    pub async fn again(&mut self, error: &sqlx::Error) -> bool {
+        if !self.should_retry(error) {
+            return false;
+        }
+        let pause = self.pause.next_delay();
+        tracing::debug!(%error, attempt = self.made, ?pause, "{} lost a conflict; retrying", self.what);
+        self.made += 1;
+        tokio::time::sleep(pause).await;
+        true
+    }
+
+    /// The decision of [`ConflictRetries::again`], without the pause.
+    pub fn should_retry(&self, error: &sqlx::Error) -> bool {
+        self.made < self.attempts && is_conflict(error)
+    }
+
+    /// Attempts made so far.
+    pub fn attempts_made(&self) -> u32 {
+        self.made
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_conflicts_are_retried_and_only_so_often() {
+        let retries = ConflictRetries::new("test", 3);
+        assert!(!retries.should_retry(&sqlx::Error::RowNotFound));
+        assert!(!retries.should_retry(&sqlx::Error::PoolTimedOut));
+    }
 
     #[test]
     fn options_are_utc_and_refuse_a_bad_url() {

@@ -185,3 +185,65 @@ async fn the_pool_waits_out_a_refusing_database_and_sets_up_every_connection() {
             .unwrap();
     assert_eq!(zone, "+00:00");
 }
+
+/// Two transactions that take the same two rows in opposite order: InnoDB rolls one back
+/// (1213); [`database::ConflictRetries`] tries it again and both end up committed.
+#[tokio::test]
+async fn a_transaction_that_loses_a_deadlock_is_tried_again_and_commits() {
+    let db = test_support::TestDb::empty().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT NOT NULL); INSERT INTO t VALUES (1, 0), (2, 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let pool = database::pool(&db.url, &PoolSettings::new(2)).unwrap();
+    let both_hold_one = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let writer = |first: i32, second: i32| {
+        let pool = pool.clone();
+        let both_hold_one = both_hold_one.clone();
+        async move {
+            let mut retries = database::ConflictRetries::new("test transaction", 5);
+            loop {
+                let attempt = retries.attempts_made();
+                let outcome: Result<(), sqlx::Error> = async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("UPDATE t SET n = n + 1 WHERE id = ?")
+                        .bind(first)
+                        .execute(&mut *tx)
+                        .await?;
+                    if attempt == 1 {
+                        both_hold_one.wait().await;
+                    }
+                    sqlx::query("UPDATE t SET n = n + 1 WHERE id = ?")
+                        .bind(second)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                }
+                .await;
+                if let Err(error) = &outcome
+                    && retries.again(error).await
+                {
+                    continue;
+                }
+                return (outcome, retries.attempts_made());
+            }
+        }
+    };
+    let ((a, a_attempts), (b, b_attempts)) =
+        tokio::time::timeout(WAIT, async { tokio::join!(writer(1, 2), writer(2, 1)) })
+            .await
+            .expect("no transaction hangs");
+    a.unwrap();
+    b.unwrap();
+    assert!(
+        a_attempts + b_attempts > 2,
+        "one of them was a deadlock victim"
+    );
+    let rows: Vec<(i32, i32)> = sqlx::query_as("SELECT id, n FROM t ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(1, 2), (2, 2)]);
+}

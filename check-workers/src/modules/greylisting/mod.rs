@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use platform::config::{Config, GreylistingConfig};
+use platform::database::ConflictRetries;
 use serde_json::{Value, json};
 use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
@@ -232,13 +233,12 @@ impl Module for Greylisting {
         // Two workers on the same triplet or client can deadlock in any of the statements
         // (the whitelist upsert, the instance row), not only in the triplet transaction, which
         // retries on its own: try the whole judgement again, as InnoDB asks.
-        let mut attempt = 1;
+        let mut retries = ConflictRetries::new("greylisting judgement", 4);
         let judgement = loop {
             match self.judge(request, ip).await {
                 Ok(judgement) => break judgement,
-                Err(error) if attempt < 4 && store::is_deadlock(&error) => {
-                    tracing::debug!(attempt, "greylisting deadlocked; trying again");
-                    attempt += 1;
+                Err(error) if retries.should_retry(&error) => {
+                    retries.again(&error).await;
                 }
                 Err(source) => {
                     return Err(ModuleError::Unavailable {

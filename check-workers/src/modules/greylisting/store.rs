@@ -16,8 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use platform::database::{LazyPool, PoolSettings};
-use sqlx::mysql::MySqlDatabaseError;
+use platform::database::{ConflictRetries, LazyPool, PoolSettings};
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
 
 /// Addresses are cut to this many characters, the width of the columns.
@@ -197,18 +196,17 @@ impl Store {
         client: &str,
         timing: Timing,
     ) -> Result<Attempt, sqlx::Error> {
-        let mut attempt = 1;
+        let mut retries = ConflictRetries::new("greylisting transaction", ATTEMPTS);
         loop {
-            match self
+            let outcome = self
                 .try_record_attempt(instance, triplets, client, timing)
-                .await
+                .await;
+            if let Err(error) = &outcome
+                && retries.again(error).await
             {
-                Err(error) if attempt < ATTEMPTS && is_deadlock(&error) => {
-                    tracing::debug!(attempt, "greylisting transaction deadlocked; trying again");
-                    attempt += 1;
-                }
-                outcome => return outcome,
+                continue;
             }
+            return outcome;
         }
     }
 
@@ -380,14 +378,6 @@ async fn whitelist(
 /// near the limit).
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// InnoDB chose this transaction as a deadlock victim (1213), or a lock wait timed out (1205).
-pub(crate) fn is_deadlock(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.try_downcast_ref::<MySqlDatabaseError>())
-        .is_some_and(|e| matches!(e.number(), 1213 | 1205))
 }
 
 /// The text an address is whitelisted under: IPv4-mapped IPv6 as IPv4 (as the archive stores

@@ -24,7 +24,7 @@ use wire::MessageId;
 
 use super::super::window::{self, PeriodUsage, Windows};
 use super::super::{Factor, Selector};
-use super::{QuotaRow, QuotaStore, Retries, exact_rows, periods_of, push_list};
+use super::{QuotaRow, QuotaStore, exact_rows, periods_of, push_list, retries};
 
 /// One matched quota row and its periods.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -91,12 +91,15 @@ impl QuotaStore {
             .into_iter()
             .filter_map(|(n, row)| factors.get(n).map(|factor| (row, factor.units)))
             .collect();
-        let mut retries = Retries::of("quota transaction");
+        let mut retries = retries("quota transaction");
         loop {
-            match self.reserve(&mut conn, message, &matched, &periods).await {
-                Err(error) if retries.again(&error) => {}
-                outcome => return outcome,
+            let outcome = self.reserve(&mut conn, message, &matched, &periods).await;
+            if let Err(error) = &outcome
+                && retries.again(error).await
+            {
+                continue;
             }
+            return outcome;
         }
     }
 

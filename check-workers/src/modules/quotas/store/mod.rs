@@ -23,9 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use platform::config::Config;
-use platform::database::{LazyPool, PoolSettings};
+use platform::database::{ConflictRetries, LazyPool, PoolSettings};
 use regex::Regex;
-use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
 
 pub use self::check::{CheckOutcome, QuotaUsage};
@@ -38,11 +37,8 @@ use super::{Factor, Selector};
 /// How the database is named in errors.
 pub const SERVICE: &str = "the quota database";
 
-/// MariaDB's "deadlock found" and "lock wait timeout": the transaction was rolled back and may
-/// simply be tried again.
-const ER_LOCK_DEADLOCK: u16 = 1213;
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
-/// Attempts of one transaction that keeps meeting deadlocks.
+/// Attempts of one transaction that keeps losing conflicts (deadlocks; under Galera,
+/// certification failures at COMMIT when two nodes wrote the same quota rows).
 const ATTEMPTS: u32 = 5;
 
 /// A `quota` row with its profile's name.
@@ -135,28 +131,9 @@ impl QuotaStore {
     }
 }
 
-/// The attempts of one transaction: whether another is worth making after an error (a deadlock
-/// or lock wait timeout, InnoDB rolled the transaction back; at most [`ATTEMPTS`] in all).
-struct Retries {
-    /// What is tried, for the log.
-    what: &'static str,
-    made: u32,
-}
-
-impl Retries {
-    fn of(what: &'static str) -> Self {
-        Self { what, made: 1 }
-    }
-
-    /// Whether to try again after `error` (logged then).
-    fn again(&mut self, error: &sqlx::Error) -> bool {
-        if self.made >= ATTEMPTS || !is_retryable(error) {
-            return false;
-        }
-        tracing::debug!(%error, attempt = self.made, "{} rolled back; retrying", self.what);
-        self.made += 1;
-        true
-    }
+/// The retries of one transaction ([`platform::database::ConflictRetries`]).
+fn retries(what: &'static str) -> ConflictRetries {
+    ConflictRetries::new(what, ATTEMPTS)
 }
 
 /// The instance's exact (non-regex) rows for the factor values, with their profile names, each
@@ -250,15 +227,5 @@ where
     let mut list = query.separated(", ");
     for item in items {
         list.push_bind(item.clone());
-    }
-}
-
-/// A deadlock or lock wait timeout.
-fn is_retryable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| matches!(e.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)),
-        _ => false,
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::MySqlConnection;
 use wire::MessageId;
 
-use super::{QuotaStore, Retries};
+use super::{QuotaStore, retries};
 
 /// How long a verdict that came before its message's reservation is remembered. A check runs
 /// at most its module timeout after the request was delivered (requests expire after it), so
@@ -33,12 +33,15 @@ impl QuotaStore {
         remember: bool,
     ) -> Result<u64, sqlx::Error> {
         let mut conn = self.pool().acquire().await?;
-        let mut retries = Retries::of("settle");
+        let mut retries = retries("settle");
         loop {
-            match settle_once(&mut conn, message, counted, remember).await {
-                Err(error) if retries.again(&error) => {}
-                outcome => return outcome,
+            let outcome = settle_once(&mut conn, message, counted, remember).await;
+            if let Err(error) = &outcome
+                && retries.again(error).await
+            {
+                continue;
             }
+            return outcome;
         }
     }
 
