@@ -34,8 +34,8 @@ use wire::AuditEvent;
 use crate::module::error_chain;
 use crate::modules::quotas::Settler;
 
-/// The durable queue of audit events the quotas module settles from.
-pub const SETTLE_QUEUE: &str = "cluegetter.quotas.settle";
+/// The replicated queue of audit events the quotas module settles from.
+pub use platform::broker::SETTLE_QUEUE;
 
 /// Events settled (`outcome`: `kept`, `released`, `nothing` when the message reserved nothing,
 /// `unreadable`).
@@ -57,45 +57,6 @@ pub struct SettleSettings {
     pub broker_urls: Urls,
     pub connection_name: String,
     pub reconnect_max_backoff: Duration,
-}
-
-/// Declares the audit exchange (as the gateway and auditor do) and the settle queue bound to
-/// it.
-///
-/// # Errors
-/// The channel failed or the broker refused a declaration.
-pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            broker::AUDIT_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            SETTLE_QUEUE.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            SETTLE_QUEUE.into(),
-            broker::AUDIT_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
 }
 
 pub fn describe_metrics() {
@@ -149,7 +110,7 @@ async fn session(
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    declare_topology(&channel).await?;
+    broker::declare_settle_topology(connection).await?;
     ready.cancel();
     let mut consumer = channel
         .basic_consume(
