@@ -369,7 +369,10 @@ impl QueueKind {
     pub fn arguments(self) -> FieldTable {
         let mut arguments = FieldTable::default();
         if let QueueKind::Replicated { dead_letter } = self {
-            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
             arguments.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongLongInt(DELIVERY_LIMIT),
@@ -629,7 +632,11 @@ mod tests {
             get("x-overflow"),
             Some(AMQPValue::LongString("reject-publish".into()))
         );
-        assert!(QueueKind::Replicated { dead_letter: None }.options().durable);
+        assert!(
+            QueueKind::Replicated { dead_letter: None }
+                .options()
+                .durable
+        );
         let plain = QueueKind::Replicated { dead_letter: None }.arguments();
         assert!(plain.inner().get("x-dead-letter-strategy").is_none());
     }

@@ -201,10 +201,14 @@ async fn what_must_survive_a_node_is_on_quorum_queues_and_check_requests_are_tra
     broker::declare_audit_topology(&connection).await.unwrap();
     broker::declare_bounce_topology(&connection).await.unwrap();
     broker::declare_settle_topology(&connection).await.unwrap();
-    broker::declare_check_topology(&connection, "rspamd").await.unwrap();
+    broker::declare_check_topology(&connection, "rspamd")
+        .await
+        .unwrap();
     // declaring again (every reconnect does) changes nothing
     broker::declare_audit_topology(&connection).await.unwrap();
-    broker::declare_check_topology(&connection, "rspamd").await.unwrap();
+    broker::declare_check_topology(&connection, "rspamd")
+        .await
+        .unwrap();
     for queue in [
         broker::AUDIT_QUEUE,
         broker::AUDIT_DEAD_LETTER_QUEUE,
@@ -221,9 +225,7 @@ async fn what_must_survive_a_node_is_on_quorum_queues_and_check_requests_are_tra
         archive["arguments"]["x-dead-letter-strategy"],
         "at-least-once"
     );
-    let check = broker
-        .queue_info(&broker::check_queue("rspamd"))
-        .unwrap();
+    let check = broker.queue_info(&broker::check_queue("rspamd")).unwrap();
     assert_eq!(check["type"], "classic", "{check}");
     assert_eq!(check["durable"], false, "{check}");
     broker::close(&connection, 200, "done").await;
@@ -246,7 +248,10 @@ async fn an_older_classic_archive_queue_is_used_as_it_is() {
         .await
         .unwrap();
     broker::declare_audit_topology(&connection).await.unwrap();
-    assert_eq!(broker.queue_info(broker::AUDIT_QUEUE).unwrap()["type"], "classic");
+    assert_eq!(
+        broker.queue_info(broker::AUDIT_QUEUE).unwrap()["type"],
+        "classic"
+    );
 
     // and it still takes the events, confirmed
     channel
@@ -291,12 +296,18 @@ async fn an_event_no_consumer_can_take_goes_to_the_dead_letter_queue_after_the_d
     .unwrap();
     let mut deliveries = 0;
     while let Some(message) = channel
-        .basic_get(broker::AUDIT_QUEUE.into(), BasicGetOptions { no_ack: false })
+        .basic_get(
+            broker::AUDIT_QUEUE.into(),
+            BasicGetOptions { no_ack: false },
+        )
         .await
         .unwrap()
     {
         deliveries += 1;
-        assert!(deliveries <= broker::DELIVERY_LIMIT + 1, "never dead-lettered");
+        assert!(
+            deliveries <= broker::DELIVERY_LIMIT + 1,
+            "never dead-lettered"
+        );
         // as a consumer that crashes on it: back to the queue
         message
             .delivery
