@@ -209,7 +209,7 @@ async fn fill(url: &str, events: usize) {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    platform::broker::declare_audit_topology(&channel)
+    platform::broker::declare_audit_topology(&connection)
         .await
         .unwrap();
     channel

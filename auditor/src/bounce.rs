@@ -115,7 +115,7 @@ async fn consume(
         .create_channel()
         .await
         .context("cannot open a channel")?;
-    broker::declare_bounce_topology(&channel)
+    broker::declare_bounce_topology(connection)
         .await
         .context("cannot declare the bounce exchange and queues")?;
     channel

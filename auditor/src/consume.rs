@@ -118,7 +118,7 @@ async fn consume(
         .create_channel()
         .await
         .context("cannot open a channel")?;
-    broker::declare_audit_topology(&channel)
+    broker::declare_audit_topology(connection)
         .await
         .context("cannot declare the audit exchange and queues")?;
     channel

@@ -53,7 +53,7 @@ impl Link {
             .create_channel()
             .await
             .context("cannot open a channel")?;
-        broker::declare_audit_topology(&channel)
+        broker::declare_audit_topology(&connection)
             .await
             .context("cannot declare the audit exchange and queues")?;
         Ok(Self {
@@ -218,10 +218,19 @@ fn replays(delivery: &Delivery) -> i64 {
 
 fn describe(delivery: &Delivery) -> DeadLetter {
     let (message_id, queue_id) = crate::consume::loose_identity(&delivery.data);
-    let reason = match header(delivery, REASON_HEADER) {
-        Some(AMQPValue::LongString(text)) => text.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "(no reason recorded)".to_owned(),
+    let reason = match (
+        header(delivery, REASON_HEADER),
+        header(delivery, "x-first-death-reason"),
+    ) {
+        (Some(AMQPValue::LongString(text)), _) => text.to_string(),
+        (Some(other), _) => format!("{other:?}"),
+        // moved by RabbitMQ, not by an auditor: the archive queue's delivery limit
+        (None, Some(AMQPValue::LongString(why))) if why.to_string() == "delivery_limit" => format!(
+            "delivered {} times without being stored or refused (an auditor crashed on it?)",
+            broker::DELIVERY_LIMIT
+        ),
+        (None, Some(other)) => format!("dead-lettered by RabbitMQ: {other:?}"),
+        (None, None) => "(no reason recorded)".to_owned(),
     };
     DeadLetter {
         message_id,

@@ -31,7 +31,7 @@ pub use platform::broker::PublishError;
 /// The channel cannot be opened or the broker refuses a declaration.
 pub async fn open_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
     let channel = connection.create_channel().await?;
-    broker::declare_bounce_topology(&channel).await?;
+    broker::declare_bounce_topology(connection).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -102,7 +102,7 @@ async fn run(
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    platform::broker::declare_check_topology(&channel, NAME)
+    platform::broker::declare_check_topology(&connection, NAME)
         .await
         .unwrap();
     eventually(Duration::from_secs(60), "the workers consuming", || async {

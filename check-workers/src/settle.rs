@@ -17,12 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind, message::Delivery};
+use lapin::{Connection, message::Delivery};
 use platform::backoff::Backoff;
 use platform::broker;
 use platform::config::Urls;
@@ -34,8 +31,8 @@ use wire::AuditEvent;
 use crate::module::error_chain;
 use crate::modules::quotas::Settler;
 
-/// The durable queue of audit events the quotas module settles from.
-pub const SETTLE_QUEUE: &str = "cluegetter.quotas.settle";
+/// The replicated queue of audit events the quotas module settles from.
+pub use platform::broker::SETTLE_QUEUE;
 
 /// Events settled (`outcome`: `kept`, `released`, `nothing` when the message reserved nothing,
 /// `unreadable`).
@@ -57,45 +54,6 @@ pub struct SettleSettings {
     pub broker_urls: Urls,
     pub connection_name: String,
     pub reconnect_max_backoff: Duration,
-}
-
-/// Declares the audit exchange (as the gateway and auditor do) and the settle queue bound to
-/// it.
-///
-/// # Errors
-/// The channel failed or the broker refused a declaration.
-pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            broker::AUDIT_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            SETTLE_QUEUE.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            SETTLE_QUEUE.into(),
-            broker::AUDIT_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
 }
 
 pub fn describe_metrics() {
@@ -149,7 +107,7 @@ async fn session(
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    declare_topology(&channel).await?;
+    broker::declare_settle_topology(connection).await?;
     ready.cancel();
     let mut consumer = channel
         .basic_consume(

@@ -232,7 +232,7 @@ async fn start_consumer(
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    broker::declare_check_topology(&channel, name).await?;
+    broker::declare_check_topology(connection, name).await?;
     let consumer = channel
         .basic_consume(
             broker::check_queue(name).into(),

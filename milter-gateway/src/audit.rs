@@ -169,7 +169,7 @@ async fn connect_channel(
         let connection = supervisor.connect(stop).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
-            broker::declare_audit_topology(&channel).await?;
+            broker::declare_audit_topology(&connection).await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;

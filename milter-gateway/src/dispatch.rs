@@ -187,7 +187,7 @@ async fn run_link(
     let channel = connection.create_channel().await?;
     // Declared here too so that requests are queued even before any worker has started.
     for module in modules {
-        broker::declare_check_topology(&channel, module).await?;
+        broker::declare_check_topology(connection, module).await?;
     }
     let reply_queue = channel
         .queue_declare(

@@ -1,16 +1,23 @@
 //! Broker plumbing every process shares: connecting (to the first node of a list that
 //! answers, again and again with backoff: [`Supervisor`]) and declaring the topology.
 //!
-//! Topology (DESIGN.md "Processes and the broker"):
-//! - `cluegetter.check`, a direct exchange; one durable queue `cluegetter.check.<module>` per
-//!   module, bound with the module name. Workers on any host compete on it.
+//! Topology (DESIGN.md "Processes and the broker"; names in `wire::routing`):
+//! - `cluegetter.check`, a direct exchange; one classic, transient queue
+//!   `cluegetter.check.<module>` per module, bound with the module name, declared again by
+//!   workers and gateways after every reconnect. Workers on any host compete on it; requests
+//!   carry their own expiration, and a request lost with a node is timed out by the gateway.
 //! - each gateway's own exclusive, server-named reply queue (declared by the gateway).
-//! - `cluegetter.audit`, a durable fanout exchange; the auditor's durable queue
-//!   `cluegetter.audit.archive` is bound to it (the quotas settle queue will be too), and
-//!   undecodable or refused events go to `cluegetter.audit.dead-letter` with the reason.
+//! - `cluegetter.audit`, a durable fanout exchange; the auditor's `cluegetter.audit.archive` and
+//!   the quotas module's `cluegetter.quotas.settle` are bound to it; events the auditor refuses go
+//!   to `cluegetter.audit.dead-letter` with the reason, and so (by RabbitMQ, at least once) does
+//!   an event delivered [`DELIVERY_LIMIT`] times.
 //! - `cluegetter.bounce`, a durable fanout exchange for bounce events (bounce-ingest →
-//!   auditor); the auditor's durable queue `cluegetter.bounce.archive` is bound to it, and
-//!   events it cannot store go to `cluegetter.bounce.dead-letter` with the reason.
+//!   auditor), with `cluegetter.bounce.archive` and `cluegetter.bounce.dead-letter` likewise.
+//!
+//! What must survive the loss of a node (archive, settle and dead-letter queues) is on quorum
+//! queues ([`QueueKind::Replicated`]); a queue an older version declared otherwise is used as
+//! it is, with a warning that says how to migrate it ([`declare_queue`]). Publishes that must
+//! not be lost are persistent, `mandatory` and confirmed ([`publish_confirmed`]).
 //!
 //! We do not use lapin's automatic recovery: an exclusive reply queue and the requests in
 //! flight die with their connection anyway, so each process runs its own reconnect loop and
@@ -21,7 +28,7 @@ use std::time::Duration;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
@@ -334,43 +341,150 @@ pub async fn publish_confirmed(
     confirmed(&confirm.await?)
 }
 
-/// Declares the check exchange and the module's durable queue, bound by the module name.
+/// Deliveries of one event before a quorum queue gives up on it and dead-letters it (an
+/// event that crashes its consumer every time must not block the queue for ever).
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// What a queue must do, which decides how it is declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Must survive the loss of a node: a quorum queue (replicated by Raft on a cluster).
+    /// With `dead_letter`, a delivery that reaches [`DELIVERY_LIMIT`] is moved there, at least
+    /// once (never dropped: `reject-publish` is what at-least-once dead-lettering needs).
+    Replicated { dead_letter: Option<&'static str> },
+    /// Short-lived requests the sender times out anyway: a classic, transient queue, declared
+    /// again after every reconnect, so after a node loss it exists again on a live node.
+    Transient,
+}
+
+impl QueueKind {
+    fn options(self) -> QueueDeclareOptions {
+        QueueDeclareOptions {
+            durable: matches!(self, QueueKind::Replicated { .. }),
+            ..QueueDeclareOptions::default()
+        }
+    }
+
+    /// The `x-` arguments of the declaration.
+    pub fn arguments(self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if let QueueKind::Replicated { dead_letter } = self {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            if let Some(dead_letter) = dead_letter {
+                arguments.insert(
+                    "x-dead-letter-exchange".into(),
+                    AMQPValue::LongString("".into()),
+                );
+                arguments.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AMQPValue::LongString(dead_letter.into()),
+                );
+                arguments.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                arguments.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString("reject-publish".into()),
+                );
+            }
+        }
+        arguments
+    }
+
+    /// What to tell an operator whose queue of this name was declared otherwise (by an older
+    /// version): the queue is used as it is.
+    fn migration_advice(self, queue: &str) -> String {
+        match self {
+            QueueKind::Replicated { .. } => format!(
+                "{queue} is a classic queue (declared by an older cluegetter): it works, but is \
+                 lost with its node. To make it a quorum queue, stop what publishes to it, let its \
+                 consumer empty it (rabbitmqctl list_queues name messages), then \
+                 `rabbitmqctl delete_queue {queue}`; the next process to connect declares it anew"
+            ),
+            QueueKind::Transient => format!(
+                "{queue} is a durable queue (declared by an older cluegetter): it works, but is not \
+                 re-created on a live node after its node is lost. `rabbitmqctl delete_queue \
+                 {queue}` (requests in it are retried by the MTA) lets the next worker or gateway \
+                 declare it transient"
+            ),
+        }
+    }
+}
+
+/// Declares `queue` as `kind` asks, on a channel of its own (a refused declaration closes
+/// the channel). A queue of that name declared otherwise before (a classic archive queue of
+/// an older version) is used as it is, with a warning that says how to migrate it.
 ///
 /// # Errors
-/// The channel failed or the broker refused a declaration (e.g. a queue of the same name with
-/// other arguments).
-pub async fn declare_check_topology(channel: &Channel, module: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            CHECK_EXCHANGE.into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+/// The connection failed, or the broker refused the queue for another reason.
+pub async fn declare_queue(
+    connection: &Connection,
+    queue: &str,
+    kind: QueueKind,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(queue.into(), kind.options(), kind.arguments())
+        .await;
+    match declared {
+        Ok(_) => {
+            close_channel(&channel).await;
+            Ok(())
+        }
+        Err(error) if is_precondition_failed(&error) => {
+            // the broker closed that channel; make sure the queue exists as it is
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            close_channel(&channel).await;
+            tracing::warn!(queue, %error, "{}", kind.migration_advice(queue));
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn close_channel(channel: &Channel) {
+    if let Err(error) = channel.close(200, "declared".into()).await {
+        tracing::debug!(%error, "cannot close a declaring channel");
+    }
+}
+
+/// The broker refused a declaration because what exists differs (406).
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// Declares the check exchange and the module's queue (transient), bound by the module name.
+///
+/// # Errors
+/// The connection failed or the broker refused a declaration.
+pub async fn declare_check_topology(
+    connection: &Connection,
+    module: &str,
+) -> Result<(), lapin::Error> {
     let queue = check_queue(module);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            CHECK_EXCHANGE.into(),
-            module.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_queue(connection, &queue, QueueKind::Transient).await?;
+    let channel = connection.create_channel().await?;
+    declare_exchange(&channel, CHECK_EXCHANGE, ExchangeKind::Direct).await?;
+    bind(&channel, &queue, CHECK_EXCHANGE, module).await?;
+    close_channel(&channel).await;
     Ok(())
 }
 
@@ -378,9 +492,9 @@ pub async fn declare_check_topology(channel: &Channel, module: &str) -> Result<(
 ///
 /// # Errors
 /// As [`declare_check_topology`].
-pub async fn declare_audit_topology(channel: &Channel) -> Result<(), lapin::Error> {
+pub async fn declare_audit_topology(connection: &Connection) -> Result<(), lapin::Error> {
     declare_fanout_archive(
-        channel,
+        connection,
         AUDIT_EXCHANGE,
         AUDIT_QUEUE,
         AUDIT_DEAD_LETTER_QUEUE,
@@ -394,9 +508,9 @@ pub async fn declare_audit_topology(channel: &Channel) -> Result<(), lapin::Erro
 ///
 /// # Errors
 /// As [`declare_check_topology`].
-pub async fn declare_bounce_topology(channel: &Channel) -> Result<(), lapin::Error> {
+pub async fn declare_bounce_topology(connection: &Connection) -> Result<(), lapin::Error> {
     declare_fanout_archive(
-        channel,
+        connection,
         BOUNCE_EXCHANGE,
         BOUNCE_QUEUE,
         BOUNCE_DEAD_LETTER_QUEUE,
@@ -404,48 +518,134 @@ pub async fn declare_bounce_topology(channel: &Channel) -> Result<(), lapin::Err
     .await
 }
 
-/// A durable fanout exchange, a durable queue bound to it and a durable dead-letter queue.
+/// Declares the audit exchange and the quotas settle queue bound to it (replicated; an event
+/// delivered [`DELIVERY_LIMIT`] times is dropped: the auditor keeps its own copy).
+///
+/// # Errors
+/// As [`declare_check_topology`].
+pub async fn declare_settle_topology(connection: &Connection) -> Result<(), lapin::Error> {
+    declare_queue(
+        connection,
+        SETTLE_QUEUE,
+        QueueKind::Replicated { dead_letter: None },
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    declare_exchange(&channel, AUDIT_EXCHANGE, ExchangeKind::Fanout).await?;
+    bind(&channel, SETTLE_QUEUE, AUDIT_EXCHANGE, "").await?;
+    close_channel(&channel).await;
+    Ok(())
+}
+
+/// A durable fanout exchange, a replicated queue bound to it and a replicated dead-letter queue
+/// that takes what the first could not deliver.
 async fn declare_fanout_archive(
-    channel: &Channel,
+    connection: &Connection,
     exchange: &str,
     queue: &str,
-    dead_letter_queue: &str,
+    dead_letter_queue: &'static str,
 ) -> Result<(), lapin::Error> {
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    declare_queue(
+        connection,
+        dead_letter_queue,
+        QueueKind::Replicated { dead_letter: None },
+    )
+    .await?;
+    declare_queue(
+        connection,
+        queue,
+        QueueKind::Replicated {
+            dead_letter: Some(dead_letter_queue),
+        },
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    declare_exchange(&channel, exchange, ExchangeKind::Fanout).await?;
+    bind(&channel, queue, exchange, "").await?;
+    close_channel(&channel).await;
+    Ok(())
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    kind: ExchangeKind,
+) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             exchange.into(),
-            ExchangeKind::Fanout,
+            kind,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
         )
-        .await?;
-    for name in [queue, dead_letter_queue] {
-        channel
-            .queue_declare(name.into(), durable_queue, FieldTable::default())
-            .await?;
-    }
+        .await
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), lapin::Error> {
     channel
         .queue_bind(
             queue.into(),
             exchange.into(),
-            "".into(),
+            routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await?;
-    Ok(())
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicated_queues_are_quorum_with_a_delivery_limit_and_dead_letter_at_least_once() {
+        let arguments = QueueKind::Replicated {
+            dead_letter: Some(AUDIT_DEAD_LETTER_QUEUE),
+        }
+        .arguments();
+        let get = |key: &str| arguments.inner().get(key).cloned();
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            get("x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(DELIVERY_LIMIT))
+        );
+        assert_eq!(
+            get("x-dead-letter-routing-key"),
+            Some(AMQPValue::LongString(AUDIT_DEAD_LETTER_QUEUE.into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(AMQPValue::LongString("at-least-once".into()))
+        );
+        assert_eq!(
+            get("x-overflow"),
+            Some(AMQPValue::LongString("reject-publish".into()))
+        );
+        assert!(
+            QueueKind::Replicated { dead_letter: None }
+                .options()
+                .durable
+        );
+        let plain = QueueKind::Replicated { dead_letter: None }.arguments();
+        assert!(plain.inner().get("x-dead-letter-strategy").is_none());
+    }
+
+    #[test]
+    fn check_queues_are_classic_and_transient() {
+        assert!(QueueKind::Transient.arguments().inner().is_empty());
+        assert!(!QueueKind::Transient.options().durable);
+    }
 
     #[test]
     fn redact_hides_only_the_password() {

@@ -115,6 +115,16 @@ impl TestBroker {
         Ok(Self { vhost, url })
     }
 
+    /// What the management API says of a queue of this vhost (`type`, `durable`, `arguments`,
+    /// `messages`, …).
+    pub fn queue_info(&self, queue: &str) -> Result<serde_json::Value> {
+        let (status, body) = management("GET", &format!("/api/queues/{}/{queue}", self.vhost), "")?;
+        if status != 200 {
+            bail!("queue {queue}: HTTP {status} {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
     /// Number of messages ready in a queue of this vhost (management API; refreshed by the
     /// broker every few seconds, so poll it with [`eventually`]).
     pub fn queue_depth(&self, queue: &str) -> Result<u64> {

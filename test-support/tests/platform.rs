@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use platform::broker::{self, Supervisor};
 use platform::config::Urls;
@@ -246,4 +250,146 @@ async fn a_transaction_that_loses_a_deadlock_is_tried_again_and_commits() {
         .await
         .unwrap();
     assert_eq!(rows, vec![(1, 2), (2, 2)]);
+}
+
+async fn open(broker: &TestBroker) -> lapin::Connection {
+    broker::connect(&broker.url, "platform test").await.unwrap()
+}
+
+#[tokio::test]
+async fn what_must_survive_a_node_is_on_quorum_queues_and_check_requests_are_transient() {
+    let broker = TestBroker::new().unwrap();
+    let connection = open(&broker).await;
+    broker::declare_audit_topology(&connection).await.unwrap();
+    broker::declare_bounce_topology(&connection).await.unwrap();
+    broker::declare_settle_topology(&connection).await.unwrap();
+    broker::declare_check_topology(&connection, "rspamd")
+        .await
+        .unwrap();
+    // declaring again (every reconnect does) changes nothing
+    broker::declare_audit_topology(&connection).await.unwrap();
+    broker::declare_check_topology(&connection, "rspamd")
+        .await
+        .unwrap();
+    for queue in [
+        broker::AUDIT_QUEUE,
+        broker::AUDIT_DEAD_LETTER_QUEUE,
+        broker::BOUNCE_QUEUE,
+        broker::BOUNCE_DEAD_LETTER_QUEUE,
+        broker::SETTLE_QUEUE,
+    ] {
+        let info = broker.queue_info(queue).unwrap();
+        assert_eq!(info["type"], "quorum", "{queue}: {info}");
+        assert_eq!(info["durable"], true, "{queue}");
+    }
+    let archive = broker.queue_info(broker::AUDIT_QUEUE).unwrap();
+    assert_eq!(
+        archive["arguments"]["x-dead-letter-strategy"],
+        "at-least-once"
+    );
+    let check = broker.queue_info(&broker::check_queue("rspamd")).unwrap();
+    assert_eq!(check["type"], "classic", "{check}");
+    assert_eq!(check["durable"], false, "{check}");
+    broker::close(&connection, 200, "done").await;
+}
+
+#[tokio::test]
+async fn an_older_classic_archive_queue_is_used_as_it_is() {
+    let broker = TestBroker::new().unwrap();
+    let connection = open(&broker).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            broker::AUDIT_QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    broker::declare_audit_topology(&connection).await.unwrap();
+    assert_eq!(
+        broker.queue_info(broker::AUDIT_QUEUE).unwrap()["type"],
+        "classic"
+    );
+
+    // and it still takes the events, confirmed
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    broker::publish_confirmed(
+        &channel,
+        broker::AUDIT_EXCHANGE,
+        "",
+        b"{}",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let got = channel
+        .basic_get(broker::AUDIT_QUEUE.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    broker::close(&connection, 200, "done").await;
+}
+
+#[tokio::test]
+async fn an_event_no_consumer_can_take_goes_to_the_dead_letter_queue_after_the_delivery_limit() {
+    let broker = TestBroker::new().unwrap();
+    let connection = open(&broker).await;
+    broker::declare_audit_topology(&connection).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    broker::publish_confirmed(
+        &channel,
+        broker::AUDIT_EXCHANGE,
+        "",
+        b"poison",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let mut deliveries = 0;
+    while let Some(message) = channel
+        .basic_get(
+            broker::AUDIT_QUEUE.into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+    {
+        deliveries += 1;
+        assert!(
+            deliveries <= broker::DELIVERY_LIMIT + 1,
+            "never dead-lettered"
+        );
+        // as a consumer that crashes on it: back to the queue
+        message
+            .delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await
+            .unwrap();
+    }
+    assert!(deliveries >= broker::DELIVERY_LIMIT, "{deliveries}");
+    let dead = test_support::eventually(WAIT, "the event dead-lettered", || async {
+        channel
+            .basic_get(
+                broker::AUDIT_DEAD_LETTER_QUEUE.into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.delivery.data, b"poison");
+    broker::close(&connection, 200, "done").await;
 }

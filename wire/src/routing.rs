@@ -18,8 +18,10 @@ pub const AUDIT_DEAD_LETTER_QUEUE: &str = "cluegetter.audit.dead-letter";
 pub const BOUNCE_EXCHANGE: &str = "cluegetter.bounce";
 pub const BOUNCE_QUEUE: &str = "cluegetter.bounce.archive";
 pub const BOUNCE_DEAD_LETTER_QUEUE: &str = "cluegetter.bounce.dead-letter";
+/// The quotas module's copy of the audit events, from which it settles its reservations.
+pub const SETTLE_QUEUE: &str = "cluegetter.quotas.settle";
 
-/// The durable queue a module's workers consume.
+/// The queue a module's workers consume.
 pub fn check_queue(module: &str) -> String {
     format!("cluegetter.check.{module}")
 }

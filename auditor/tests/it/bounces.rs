@@ -32,7 +32,7 @@ impl BouncePublisher {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        platform::broker::declare_bounce_topology(&channel)
+        platform::broker::declare_bounce_topology(&connection)
             .await
             .unwrap();
         channel

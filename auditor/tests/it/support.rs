@@ -127,7 +127,7 @@ impl Publisher {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        platform::broker::declare_audit_topology(&channel)
+        platform::broker::declare_audit_topology(&connection)
             .await
             .unwrap();
         channel

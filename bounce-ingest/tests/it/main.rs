@@ -96,7 +96,7 @@ async fn next_event(broker: &TestBroker) -> BounceEvent {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    platform::broker::declare_bounce_topology(&channel)
+    platform::broker::declare_bounce_topology(&connection)
         .await
         .unwrap();
     let event = eventually(WAIT, "a bounce event on the queue", || {

@@ -145,7 +145,7 @@ impl Gateway {
         .unwrap();
         let channel = connection.create_channel().await.unwrap();
         for module in modules {
-            platform::broker::declare_check_topology(&channel, module)
+            platform::broker::declare_check_topology(&connection, module)
                 .await
                 .unwrap();
         }

@@ -220,7 +220,7 @@ impl Worker {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        platform::broker::declare_check_topology(&channel, "rspamd")
+        platform::broker::declare_check_topology(&connection, "rspamd")
             .await
             .unwrap();
         let mut consumer = channel
@@ -569,7 +569,7 @@ impl HeldWorker {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        platform::broker::declare_check_topology(&channel, module)
+        platform::broker::declare_check_topology(&connection, module)
             .await
             .unwrap();
         let mut consumer = channel
@@ -677,7 +677,7 @@ impl AuditTap {
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        platform::broker::declare_audit_topology(&channel)
+        platform::broker::declare_audit_topology(&connection)
             .await
             .unwrap();
         let consumer = channel

@@ -115,7 +115,7 @@ impl BrokerLink {
     async fn open(url: &str) -> Result<Self> {
         let connection = platform::broker::connect(url, "faults-test").await?;
         let channel = connection.create_channel().await?;
-        platform::broker::declare_audit_topology(&channel).await?;
+        platform::broker::declare_audit_topology(&connection).await?;
         Ok(Self {
             connection,
             channel,

@@ -33,7 +33,7 @@ async fn held_spamassassin(
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    platform::broker::declare_check_topology(&channel, "spamassassin")
+    platform::broker::declare_check_topology(&connection, "spamassassin")
         .await
         .unwrap();
     let mut consumer = channel
