@@ -60,7 +60,7 @@ pub fn spec() -> Value {
             "Subject contains this text (case-insensitive; % and _ are literal).",
         ),
         json!({ "name": "verdict", "in": "query", "required": false, "description": "The verdict the rules gave.",
-                "schema": { "type": "string", "enum": super::search::VERDICTS } }),
+                "schema": { "type": "string", "enum": wire::Action::ALL.map(wire::Action::as_str) } }),
         query("module", "A module whose result suggested reject."),
         query("instance", "Instance name."),
         json!({ "name": "sort", "in": "query", "required": false,
@@ -116,7 +116,7 @@ pub fn spec() -> Value {
                 "operationId": "quotas",
                 "parameters": [
                     json!({ "name": "selector", "in": "query", "required": false,
-                            "schema": { "type": "string", "enum": super::quotas::SELECTORS } }),
+                            "schema": { "type": "string", "enum": platform::quotas::Selector::ALL.map(platform::quotas::Selector::as_str) } }),
                     query("value", "The factor's value (case-insensitive)."),
                     query("instigator", "A regex row's id: list the rows it created.")
                 ],

@@ -1,7 +1,7 @@
 //! Statistics: `/stats` (SVG charts) and `/api/v1/stats` (the same figures as JSON) for a date
 //! range (default the last 24 h): messages per hour (per day beyond three days) by verdict,
-//! the most rejected senders, SASL users and client addresses, and module latencies. Each
-//! query is one index range over the period (schema/0005's covering indexes).
+//! the most rejected senders, SASL users and client addresses, and module latencies. The SQL
+//! is `store::read::stats`'s; this file fills the empty periods and draws.
 
 use std::collections::BTreeMap;
 
@@ -11,12 +11,16 @@ use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use wire::Action;
 
-use super::api::{Nav, fmt_date};
 use super::auth::Identity;
-use super::search::{VERDICTS, address, parse_range};
+use super::error::WebError;
+use super::format::{address, fmt_date};
+use super::nav::Nav;
+use super::params::parse_range;
+use super::state::AppState;
 use super::svg::{self, Chart};
-use super::{AppState, WebError};
+use crate::store::read::stats as read;
 
 const TOP: u32 = 10;
 /// Longest range shown (a year), so a typo cannot scan the whole archive at once.
@@ -42,7 +46,7 @@ pub struct Count {
     pub count: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 pub struct Latency {
     pub module: String,
     pub results: i64,
@@ -77,15 +81,7 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
     } else {
         ("%Y-%m-%d", TimeDelta::days(1))
     };
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT CAST(DATE_FORMAT(date, ?) AS CHAR) AS bucket, CAST(verdict AS CHAR), COUNT(*) \
-         FROM message WHERE date >= ? AND date < ? GROUP BY bucket, verdict ORDER BY bucket",
-    )
-    .bind(format)
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
+    let rows = read::per_verdict(pool, format, from, to).await?;
     // every bucket of the range, also the empty ones
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut start = truncate(from, hourly);
@@ -96,52 +92,28 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
         });
         start += step;
     }
-    for (bucket, verdict, count) in rows {
-        if let Some(b) = buckets.iter_mut().find(|b| b.start == bucket) {
-            b.counts.insert(verdict, count);
+    for row in rows {
+        if let Some(b) = buckets.iter_mut().find(|b| b.start == row.bucket) {
+            b.counts.insert(row.verdict, row.count);
         }
     }
-    let senders: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT sender_local, sender_domain, COUNT(*) AS n FROM message \
-         WHERE verdict = 'reject' AND date >= ? AND date < ? \
-         GROUP BY sender_domain, sender_local ORDER BY n DESC, sender_domain, sender_local LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(TOP)
-    .fetch_all(pool)
-    .await?;
-    let sasl: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT s.sasl_username, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.sasl_username <> '' \
-         GROUP BY s.sasl_username ORDER BY n DESC, s.sasl_username LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(TOP)
-    .fetch_all(pool)
-    .await?;
-    let ips: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT s.ip, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.ip <> '' \
-         GROUP BY s.ip ORDER BY n DESC, s.ip LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(TOP)
-    .fetch_all(pool)
-    .await?;
-    let module_latency: Vec<Latency> = sqlx::query_as(
-        "SELECT r.module, COUNT(*) AS results, CAST(AVG(r.duration) * 1000 AS DOUBLE) AS avg_ms, \
-         CAST(MAX(r.duration) * 1000 AS DOUBLE) AS max_ms \
-         FROM message m JOIN message_result r ON r.message = m.id \
-         WHERE m.date >= ? AND m.date < ? GROUP BY r.module ORDER BY r.module",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
-    let count = |(label, count): (String, i64)| Count { label, count };
+    let senders = read::top_rejected_senders(pool, from, to, TOP).await?;
+    let sasl = read::top_rejected_sasl_users(pool, from, to, TOP).await?;
+    let ips = read::top_rejected_client_ips(pool, from, to, TOP).await?;
+    let module_latency = read::module_latency(pool, from, to)
+        .await?
+        .into_iter()
+        .map(|l| Latency {
+            module: l.module,
+            results: l.results,
+            avg_ms: l.avg_ms,
+            max_ms: l.max_ms,
+        })
+        .collect();
+    let count = |row: read::LabelCount| Count {
+        label: row.label,
+        count: row.count,
+    };
     Ok(Stats {
         from: fmt_date(from),
         to: fmt_date(to),
@@ -149,9 +121,9 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
         buckets,
         top_rejected_senders: senders
             .into_iter()
-            .map(|(local, domain, n)| Count {
-                label: address(&local, &domain),
-                count: n,
+            .map(|row| Count {
+                label: address(&row.sender_local, &row.sender_domain),
+                count: row.count,
             })
             .collect(),
         top_rejected_sasl_users: sasl.into_iter().map(count).collect(),
@@ -179,16 +151,17 @@ fn charts(stats: &Stats) -> Vec<Chart> {
             }
         })
         .collect();
-    let series: Vec<(String, Vec<f64>)> = VERDICTS
+    let series: Vec<(String, Vec<f64>)> = Action::ALL
         .iter()
-        .filter(|v| stats.buckets.iter().any(|b| b.counts.contains_key(**v)))
+        .map(|v| v.as_str())
+        .filter(|v| stats.buckets.iter().any(|b| b.counts.contains_key(*v)))
         .map(|v| {
             (
-                (*v).to_owned(),
+                v.to_owned(),
                 stats
                     .buckets
                     .iter()
-                    .map(|b| b.counts.get(*v).copied().unwrap_or(0) as f64)
+                    .map(|b| b.counts.get(v).copied().unwrap_or(0) as f64)
                     .collect(),
             )
         })
