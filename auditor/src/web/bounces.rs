@@ -6,7 +6,7 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use super::auth::Identity;
 use super::error::WebError;
 use super::format::{fmt_date, fmt_opt_date, lossy};
 use super::nav::Nav;
-use super::params::{free_text, parse_paging, parse_range};
+use super::params::{Params, free_text, parse_paging, parse_range};
 use super::state::AppState;
 use crate::store::read::AddressFilter;
 use crate::store::read::bounces::{self as read, BounceQuery};
@@ -24,7 +24,7 @@ use crate::store::read::bounces::{self as read, BounceQuery};
 const RAW_SHOWN: usize = 256 * 1024;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BounceParams {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub recipient: String,
@@ -159,22 +159,31 @@ fn href(params: &BounceParams, page: u32) -> String {
 pub async fn list_page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<BounceParams>,
+    params: Result<Params<BounceParams>, WebError>,
 ) -> Result<Response, WebError> {
     let nav = Nav::new(&identity, "bounces");
+    let refused = |nav: Nav, q: BounceParams, error: String| {
+        let page = BouncesTemplate {
+            nav,
+            q,
+            error,
+            result: None,
+            prev_href: String::new(),
+            next_href: String::new(),
+        };
+        (StatusCode::BAD_REQUEST, page).into_response()
+    };
+    // a parameter the list does not have: the empty form, and why
+    let params = match params {
+        Ok(Params(params)) => params,
+        Err(WebError::BadRequest(error)) => {
+            return Ok(refused(nav, BounceParams::default(), error));
+        }
+        Err(other) => return Err(other),
+    };
     let filter = match params.query() {
         Ok(filter) => filter,
-        Err(WebError::BadRequest(error)) => {
-            let page = BouncesTemplate {
-                nav,
-                q: params,
-                error,
-                result: None,
-                prev_href: String::new(),
-                next_href: String::new(),
-            };
-            return Ok((StatusCode::BAD_REQUEST, page).into_response());
-        }
+        Err(WebError::BadRequest(error)) => return Ok(refused(nav, params, error)),
         Err(other) => return Err(other),
     };
     let result = list(&state, &filter).await?;
@@ -202,7 +211,7 @@ pub async fn list_page(
 /// `GET /api/v1/bounces`
 pub async fn list_api(
     State(state): State<AppState>,
-    Query(params): Query<BounceParams>,
+    Params(params): Params<BounceParams>,
 ) -> Result<Json<BounceList>, WebError> {
     let filter = params.query()?;
     Ok(Json(list(&state, &filter).await?))

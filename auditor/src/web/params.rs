@@ -1,11 +1,15 @@
-//! Query parameters, read the one way every page and API route reads them: free text, times
-//! and ranges, paging, addresses and networks, ids in paths. Each parser names the parameter
-//! it refuses in its [`WebError::BadRequest`].
+//! Query parameters, read the one way every page and API route reads them: the query string
+//! into a parameter struct ([`Params`], which refuses a name the struct does not have), then
+//! free text, times and ranges, paging, addresses and networks, ids in paths. Each parser names
+//! the parameter it refuses in its [`WebError::BadRequest`].
 
 use std::net::IpAddr;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::WebError;
@@ -15,6 +19,31 @@ pub const DEFAULT_PER_PAGE: u32 = 50;
 pub const MAX_PER_PAGE: u32 = 500;
 /// OFFSET beyond this is refused: narrow the search instead.
 pub const MAX_PAGE: u32 = 2000;
+
+/// A query string read into `T`. Unlike axum's `Query`, a failure is a [`WebError::BadRequest`]
+/// that names the parameter, and the parameter structs refuse names they do not have
+/// (`#[serde(deny_unknown_fields)]`): a typo such as `Sender=` is a 400, never the whole
+/// unfiltered list.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        from_query(parts.uri.query().unwrap_or_default()).map(Params)
+    }
+}
+
+/// `query` (a URL's query string) into `T`, or a 400 that says which parameter is wrong.
+pub fn from_query<T: DeserializeOwned>(query: &str) -> Result<T, WebError> {
+    serde_urlencoded::from_str(query)
+        .map_err(|error| WebError::BadRequest(format!("query parameters: {error}")))
+}
 
 /// A free-text filter: trimmed, empty means unset. Control characters are refused: the
 /// archive's collation ignores some (a NUL would match every empty value).
@@ -104,6 +133,37 @@ pub fn parse_uuid(text: &str) -> Result<Uuid, WebError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Two {
+        sender: String,
+        page: String,
+    }
+
+    #[test]
+    fn an_unknown_parameter_is_refused_by_name() {
+        let two: Two = from_query("sender=a%40b.example&page=2").unwrap();
+        assert_eq!(
+            (two.sender.as_str(), two.page.as_str()),
+            ("a@b.example", "2")
+        );
+        match from_query::<Two>("Sender=a") {
+            Err(WebError::BadRequest(text)) => {
+                assert!(text.contains("unknown field `Sender`"), "{text}");
+                assert!(
+                    text.contains("`sender`"),
+                    "the known names are listed: {text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            from_query::<Two>("page=1&page=2"),
+            Err(WebError::BadRequest(_))
+        ));
+        assert!(from_query::<Two>("").is_ok());
+    }
 
     #[test]
     fn networks_become_binary_bounds() {

@@ -12,7 +12,7 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, TimeDelta, Timelike as _, Utc};
 use platform::quotas::Selector;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use super::auth::Identity;
 use super::error::WebError;
 use super::format::{fmt_date, fmt_period};
 use super::nav::Nav;
-use super::params::free_text;
+use super::params::{Params, free_text};
 use super::state::AppState;
 use super::svg::{self, Chart};
 use crate::store::read::quotas::{self as read, QuotaRow};
@@ -34,7 +34,7 @@ const MAX_WINDOW_SECS: i64 = 8 * 24 * 3600;
 const MAX_TALLY_ROWS: i64 = 200_000;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct QuotaParams {
     pub selector: String,
     pub value: String,
@@ -313,7 +313,7 @@ pub struct QuotasTemplate {
 pub async fn page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<QuotaParams>,
+    Params(params): Params<QuotaParams>,
 ) -> Result<QuotasTemplate, WebError> {
     Ok(QuotasTemplate {
         nav: Nav::new(&identity, "quotas"),
@@ -325,7 +325,7 @@ pub async fn page(
 /// `GET /api/v1/quotas`
 pub async fn api(
     State(state): State<AppState>,
-    Query(params): Query<QuotaParams>,
+    Params(params): Params<QuotaParams>,
 ) -> Result<Json<QuotaOverview>, WebError> {
     Ok(Json(overview(&state, &params).await?))
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use wire::Action;
@@ -17,7 +17,7 @@ use super::auth::Identity;
 use super::error::WebError;
 use super::format::{address, fmt_date};
 use super::nav::Nav;
-use super::params::parse_range;
+use super::params::{Params, parse_range};
 use super::state::AppState;
 use super::svg::{self, Chart};
 use crate::store::read::stats as read;
@@ -27,7 +27,7 @@ const TOP: u32 = 10;
 const MAX_RANGE_DAYS: i64 = 366;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StatsParams {
     pub from: String,
     pub to: String,
@@ -224,7 +224,7 @@ pub struct StatsTemplate {
 pub async fn page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<StatsParams>,
+    Params(params): Params<StatsParams>,
 ) -> Result<StatsTemplate, WebError> {
     let s = stats(&state, &params).await?;
     Ok(StatsTemplate {
@@ -238,7 +238,7 @@ pub async fn page(
 /// `GET /api/v1/stats`
 pub async fn api(
     State(state): State<AppState>,
-    Query(params): Query<StatsParams>,
+    Params(params): Params<StatsParams>,
 ) -> Result<Json<Stats>, WebError> {
     Ok(Json(stats(&state, &params).await?))
 }

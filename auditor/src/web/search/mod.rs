@@ -12,7 +12,7 @@ pub mod params;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -22,6 +22,7 @@ use super::auth::Identity;
 use super::error::WebError;
 use super::format::{address, fmt_date};
 use super::nav::Nav;
+use super::params::Params;
 use super::state::AppState;
 use crate::store::read::search::{self as read, MessageQuery};
 
@@ -95,7 +96,7 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
 /// `GET /api/v1/messages`
 pub async fn api(
     State(state): State<AppState>,
-    Query(params): Query<SearchParams>,
+    Params(params): Params<SearchParams>,
 ) -> Result<Json<SearchResult>, WebError> {
     let query = filter::parse(&params)?;
     Ok(Json(run(&state, &query).await?))
@@ -182,9 +183,18 @@ fn sort_links(params: &SearchParams) -> Vec<SortLink> {
 pub async fn page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<SearchParams>,
+    params: Result<Params<SearchParams>, WebError>,
 ) -> Result<Response, WebError> {
     let nav = Nav::new(&identity, "messages");
+    // a parameter the search does not have: the empty form, and why
+    let params = match params {
+        Ok(Params(params)) => params,
+        Err(WebError::BadRequest(error)) => {
+            let page = SearchTemplate::refused(nav, SearchParams::default(), error);
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+        Err(other) => return Err(other),
+    };
     let query = match filter::parse(&params) {
         Ok(query) => query,
         Err(WebError::BadRequest(error)) => {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The query string as typed; an empty value means "not set".
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SearchParams {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub sender: String,
