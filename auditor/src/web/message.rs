@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 use uuid::Uuid;
+use wire::Action;
 
 use super::auth::Identity;
 use super::error::WebError;
@@ -240,10 +241,10 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
 /// suggested reject reach the reject threshold; tempfail when tempfail and reject scores
 /// together reach the tempfail threshold (or a module erred); else permit.
 fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
-    let sum = |action: &str| -> String {
+    let sum = |action: Action| -> String {
         let terms: Vec<String> = results
             .iter()
-            .filter(|r| !r.late && r.suggested == action)
+            .filter(|r| !r.late && r.suggested == action.as_str())
             .map(|r| format!("{} {:.2}", r.module, r.weighted_score))
             .collect();
         if terms.is_empty() {
@@ -251,7 +252,7 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
         } else {
             let total: f64 = results
                 .iter()
-                .filter(|r| !r.late && r.suggested == action)
+                .filter(|r| !r.late && r.suggested == action.as_str())
                 .map(|r| r.weighted_score)
                 .sum();
             format!("{} = {total:.2}", terms.join(" + "))
@@ -275,7 +276,10 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
             row.tempfail_threshold
         ));
     }
-    if results.iter().any(|r| !r.late && r.suggested == "error") {
+    if results
+        .iter()
+        .any(|r| !r.late && r.suggested == Action::Error.as_str())
+    {
         explanation.push(
             "A module answered with an error: unless excused by its group or on-error = ignore, \
              that tempfails the message."
@@ -313,8 +317,8 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
         noop: row.noop,
         whitelisted: row.whitelisted,
         failure: row.failure.clone(),
-        reject_sum: sum("reject"),
-        tempfail_sum: sum("tempfail"),
+        reject_sum: sum(Action::Reject),
+        tempfail_sum: sum(Action::Tempfail),
         explanation,
     }
 }

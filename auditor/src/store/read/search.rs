@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 use uuid::Uuid;
-use wire::Action;
+use wire::{Action, ModuleName};
 
 use super::{AddressFilter, IpRange, like_escape};
 
@@ -34,8 +34,9 @@ pub struct MessageQuery {
     pub message_id: Option<String>,
     pub subject: Option<String>,
     pub verdict: Option<Action>,
-    /// A module whose result suggested reject.
-    pub module: Option<String>,
+    /// A module whose result suggested reject (one this build does not know too: the archive
+    /// keeps what newer workers answered).
+    pub module: Option<ModuleName>,
     pub instance: Option<String>,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -274,7 +275,7 @@ impl MessageQuery {
                 " AND m.id IN (SELECT r.message FROM message_result r \
                  WHERE r.verdict = 'reject' AND r.module = ",
             );
-            q.push_bind(module.clone());
+            q.push_bind(module.as_str().to_owned());
             q.push(")");
         }
         if let Some(instance) = &self.instance {

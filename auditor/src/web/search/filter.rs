@@ -2,7 +2,7 @@
 //! parsed or refused with a 400 that names it. Pure: no SQL, no clock but `Utc::now()` for
 //! the default range.
 
-use wire::Action;
+use wire::{Action, ModuleName};
 
 use super::params::SearchParams;
 use crate::store::read::AddressFilter;
@@ -23,6 +23,11 @@ pub const SORTS: &[(&str, Sort)] = &[
 /// The verdicts the archive knows (`message.verdict` ENUM): `wire`'s actions.
 pub fn verdict_names() -> Vec<&'static str> {
     Action::ALL.iter().map(|a| a.as_str()).collect()
+}
+
+/// The modules this build knows, offered by the search form (any other name is searched too).
+pub fn module_names() -> Vec<&'static str> {
+    ModuleName::KNOWN_NAMES.to_vec()
 }
 
 /// `params` validated; a parameter that cannot be understood is a 400 naming it.
@@ -68,6 +73,7 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
         .into_iter()
         .flatten()
         .any(|text| !text.is_ascii());
+    let module = module.map(|name| ModuleName::parse(&name));
     Ok(MessageQuery {
         matches_nothing,
         sender: free_text("sender", &params.sender)?.and_then(|text| AddressFilter::parse(&text)),
