@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Identity;
 use super::error::WebError;
@@ -23,22 +24,31 @@ use crate::store::read::bounces::{self as read, BounceQuery};
 /// Most raw report bytes shown.
 const RAW_SHOWN: usize = 256 * 1024;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// The list's query string as typed; an empty value means "not set". The doc comments are
+/// the OpenAPI document's descriptions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BounceParams {
+    /// Reported recipient: an address, `@domain` or `domain`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub recipient: String,
+    /// Status code or its start (`5`, `5.1`, `4.7.1`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub status: String,
+    /// Start, UTC: YYYY-MM-DDTHH:MM[:SS], YYYY-MM-DD or RFC 3339 (default: 24 h before `to`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub from: String,
+    /// End (exclusive), same forms (default: now).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub to: String,
-    /// `1`: only reports not linked to a message
+    /// `1`: only reports not linked to a message.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub unlinked: String,
+    /// Page number from 1 (at most 2000).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub page: String,
+    /// Rows per page, 1 to 500 (default 50).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub per_page: String,
 }
@@ -80,7 +90,7 @@ impl BounceParams {
 }
 
 /// One recipient of one report (or a report without parsed recipients).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BounceLine {
     pub bounce: u64,
     pub date: String,
@@ -96,7 +106,7 @@ pub struct BounceLine {
     pub orig_subject: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BounceList {
     pub reports: Vec<BounceLine>,
     pub page: u32,
@@ -209,6 +219,18 @@ pub async fn list_page(
 }
 
 /// `GET /api/v1/bounces`
+#[utoipa::path(
+    get,
+    path = "/api/v1/bounces",
+    operation_id = "listBounces",
+    summary = "Delivery reports, one row per reported recipient.",
+    params(BounceParams),
+    responses(
+        (status = 200, description = "One page of report rows.", body = BounceList),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn list_api(
     State(state): State<AppState>,
     Params(params): Params<BounceParams>,
@@ -217,7 +239,7 @@ pub async fn list_api(
     Ok(Json(list(&state, &filter).await?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Report {
     pub status: String,
     pub action: Option<String>,
@@ -230,7 +252,7 @@ pub struct Report {
     pub retry_until: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BounceDetail {
     pub id: u64,
     pub instance: String,
@@ -330,6 +352,18 @@ pub async fn detail_page(
 }
 
 /// `GET /api/v1/bounces/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/bounces/{id}",
+    operation_id = "getBounce",
+    summary = "One delivery report with its recipients and the raw report.",
+    params(("id" = u64, Path, minimum = 1, description = "The bounce id.")),
+    responses(
+        (status = 200, description = "The bounce.", body = BounceDetail),
+        (status = 401, description = "No valid session cookie or bearer token."),
+        (status = 404, description = "No such bounce."),
+    ),
+)]
 pub async fn detail_api(
     State(state): State<AppState>,
     Path(id): Path<String>,

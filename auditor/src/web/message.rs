@@ -7,6 +7,7 @@ use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 use wire::Action;
 
@@ -24,7 +25,7 @@ const BODY_SHOWN: usize = 1 << 20;
 const MAX_ROWS: usize = 400;
 const MAX_DEPTH: usize = 8;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Session {
     pub id: String,
     pub connected: String,
@@ -45,7 +46,7 @@ pub struct Session {
     pub instance: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Recipient {
     pub address: String,
     pub status: String,
@@ -53,7 +54,7 @@ pub struct Recipient {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HeaderLine {
     pub name: String,
     pub value: String,
@@ -67,7 +68,7 @@ pub struct DetRow {
     pub value: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModuleResult {
     pub module: String,
     pub suggested: String,
@@ -76,12 +77,14 @@ pub struct ModuleResult {
     pub duration_ms: f64,
     pub message: String,
     pub late: bool,
+    /// Why, as the module explained it (JSON, as the module sent it).
+    #[schema(value_type = Object)]
     pub determinants: serde_json::Value,
     #[serde(skip)]
     pub rows: Vec<DetRow>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LinkedBounce {
     pub id: u64,
     pub date: String,
@@ -91,7 +94,7 @@ pub struct LinkedBounce {
 }
 
 /// How the verdict was reached, in words and numbers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Verdict {
     pub verdict: String,
     pub applied: String,
@@ -109,7 +112,7 @@ pub struct Verdict {
     pub explanation: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MessageDetail {
     pub id: String,
     pub date: String,
@@ -434,6 +437,18 @@ pub async fn page(
 }
 
 /// `GET /api/v1/messages/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}",
+    operation_id = "getMessage",
+    summary = "One message with its session, recipients, headers, module results, verdict arithmetic, bounces and body.",
+    params(("id" = String, Path, format = Uuid, description = "The message UUID.")),
+    responses(
+        (status = 200, description = "The message.", body = MessageDetail),
+        (status = 401, description = "No valid session cookie or bearer token."),
+        (status = 404, description = "No such message (or not a UUID)."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
     Path(id): Path<String>,

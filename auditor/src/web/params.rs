@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use uuid::Uuid;
 
 use super::error::WebError;
@@ -43,6 +44,14 @@ where
 pub fn from_query<T: DeserializeOwned>(query: &str) -> Result<T, WebError> {
     serde_urlencoded::from_str(query)
         .map_err(|error| WebError::BadRequest(format!("query parameters: {error}")))
+}
+
+/// The OpenAPI schema of a parameter that takes one of `values` (a closed set's names).
+pub fn one_of(values: impl IntoIterator<Item = &'static str>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .build()
 }
 
 /// A free-text filter: trimmed, empty means unset. Control characters are refused: the

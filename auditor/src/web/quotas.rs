@@ -16,12 +16,14 @@ use axum::extract::State;
 use chrono::{DateTime, TimeDelta, Timelike as _, Utc};
 use platform::quotas::Selector;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Identity;
 use super::error::WebError;
 use super::format::{fmt_date, fmt_period};
 use super::nav::Nav;
-use super::params::{Params, free_text};
+use super::params::{Params, free_text, one_of};
 use super::state::AppState;
 use super::svg::{self, Chart};
 use crate::store::read::quotas::{self as read, QuotaRow};
@@ -33,16 +35,26 @@ const MAX_WINDOW_SECS: i64 = 8 * 24 * 3600;
 /// Most tally rows read for one quota's chart.
 const MAX_TALLY_ROWS: i64 = 200_000;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// The page's query string as typed; an empty value means "not set". The doc comments are the
+/// OpenAPI document's descriptions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct QuotaParams {
+    /// The factor: `quota.selector`.
+    #[param(schema_with = selector_schema)]
     pub selector: String,
+    /// The factor's value (case-insensitive).
     pub value: String,
-    /// a regex row's id: list the rows it instigated
+    /// A regex row's id: list the rows it created.
     pub instigator: String,
 }
 
-#[derive(Debug, Serialize)]
+fn selector_schema() -> Object {
+    one_of(Selector::ALL.map(Selector::as_str))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PeriodUsage {
     pub period_secs: u32,
     pub period: String,
@@ -51,7 +63,7 @@ pub struct PeriodUsage {
     pub over: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QuotaUsage {
     pub id: u64,
     pub selector: String,
@@ -66,16 +78,18 @@ pub struct QuotaUsage {
     pub charts: Vec<Chart>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileInfo {
     pub id: u64,
     pub name: String,
+    /// (period in seconds, curb) pairs
+    #[schema(value_type = Vec<Vec<u32>>)]
     pub periods: Vec<(u32, u32)>,
     /// `1h: 100, 1d: 1000`
     pub summary: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ClassInfo {
     pub id: u64,
     pub name: String,
@@ -83,7 +97,7 @@ pub struct ClassInfo {
     pub profiles: Vec<ProfileInfo>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RegexRow {
     pub id: u64,
     pub selector: String,
@@ -92,7 +106,7 @@ pub struct RegexRow {
     pub instigated: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ConcreteRow {
     pub id: u64,
     pub selector: String,
@@ -100,7 +114,7 @@ pub struct ConcreteRow {
     pub added: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QuotaOverview {
     pub selector: String,
     pub value: String,
@@ -323,6 +337,18 @@ pub async fn page(
 }
 
 /// `GET /api/v1/quotas`
+#[utoipa::path(
+    get,
+    path = "/api/v1/quotas",
+    operation_id = "quotas",
+    summary = "Quota usage for a selector and value; classes, profiles and regex rows.",
+    params(QuotaParams),
+    responses(
+        (status = 200, description = "The overview.", body = QuotaOverview),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
     Params(params): Params<QuotaParams>,

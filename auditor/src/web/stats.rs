@@ -11,6 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use wire::Action;
 
 use super::auth::Identity;
@@ -26,27 +27,32 @@ const TOP: u32 = 10;
 /// Longest range shown (a year), so a typo cannot scan the whole archive at once.
 const MAX_RANGE_DAYS: i64 = 366;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// The page's query string as typed; an empty value means "not set". The doc comments are the
+/// OpenAPI document's descriptions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatsParams {
+    /// Start, UTC (default: 24 h before `to`); the range spans at most 366 days.
     pub from: String,
+    /// End, UTC (default: now).
     pub to: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Bucket {
     pub start: String,
     /// messages per verdict
     pub counts: BTreeMap<String, i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Count {
     pub label: String,
     pub count: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Latency {
     pub module: String,
     pub results: i64,
@@ -54,11 +60,12 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
     pub from: String,
     pub to: String,
     /// `hour` or `day`
+    #[schema(value_type = String)]
     pub bucket: &'static str,
     pub buckets: Vec<Bucket>,
     pub top_rejected_senders: Vec<Count>,
@@ -236,6 +243,18 @@ pub async fn page(
 }
 
 /// `GET /api/v1/stats`
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    operation_id = "stats",
+    summary = "Messages per hour (or day) by verdict, top rejected senders, SASL users and client addresses, module latencies.",
+    params(StatsParams),
+    responses(
+        (status = 200, description = "The figures.", body = Stats),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
     Params(params): Params<StatsParams>,

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use self::params::SearchParams;
 use super::auth::Identity;
@@ -27,8 +28,10 @@ use super::state::AppState;
 use crate::store::read::search::{self as read, MessageQuery};
 
 /// One message in a result list.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct MessageSummary {
+    /// The message UUID.
+    #[schema(format = Uuid)]
     pub id: String,
     pub date: String,
     pub queue_id: String,
@@ -46,7 +49,7 @@ pub struct MessageSummary {
 }
 
 /// One page of results.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResult {
     pub messages: Vec<MessageSummary>,
     pub page: u32,
@@ -94,6 +97,18 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
 }
 
 /// `GET /api/v1/messages`
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    operation_id = "searchMessages",
+    summary = "Search messages (newest first by default).",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "One page of messages.", body = SearchResult),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
     Params(params): Params<SearchParams>,
