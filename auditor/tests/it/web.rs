@@ -950,8 +950,8 @@ async fn an_unknown_query_parameter_is_a_400_that_names_it() {
         let (status, body) = env.api(path).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         let name = path
-            .split(['?', '&'])
-            .last()
+            .rsplit(['?', '&'])
+            .next()
             .unwrap()
             .split('=')
             .next()
