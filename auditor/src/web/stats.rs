@@ -21,7 +21,7 @@ use super::nav::Nav;
 use super::params::{Params, parse_range};
 use super::state::AppState;
 use super::svg::{self, Chart};
-use crate::store::read::stats as read;
+use crate::store::read::stats::{self as read, RejectedBy};
 
 const TOP: u32 = 10;
 /// Longest range shown (a year), so a typo cannot scan the whole archive at once.
@@ -105,8 +105,8 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
         }
     }
     let senders = read::top_rejected_senders(pool, from, to, TOP).await?;
-    let sasl = read::top_rejected_sasl_users(pool, from, to, TOP).await?;
-    let ips = read::top_rejected_client_ips(pool, from, to, TOP).await?;
+    let sasl = read::top_rejected(pool, RejectedBy::SaslUser, from, to, TOP).await?;
+    let ips = read::top_rejected(pool, RejectedBy::ClientIp, from, to, TOP).await?;
     let module_latency = read::module_latency(pool, from, to)
         .await?
         .into_iter()

@@ -86,49 +86,44 @@ pub async fn top_rejected_senders(
     .await
 }
 
-/// The `top` most rejected SASL users.
-///
-/// # Errors
-/// The database failed.
-pub async fn top_rejected_sasl_users(
-    pool: &MySqlPool,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    top: u32,
-) -> Result<Vec<LabelCount>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT s.sasl_username AS label, COUNT(*) AS n \
-         FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.sasl_username <> '' \
-         GROUP BY s.sasl_username ORDER BY n DESC, s.sasl_username LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(top)
-    .fetch_all(pool)
-    .await
+/// What [`top_rejected`] counts by: a column of the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectedBy {
+    SaslUser,
+    ClientIp,
 }
 
-/// The `top` most rejected client addresses.
+/// The `top` values of `by` with the most rejected messages (empty values left out).
 ///
 /// # Errors
 /// The database failed.
-pub async fn top_rejected_client_ips(
+pub async fn top_rejected(
     pool: &MySqlPool,
+    by: RejectedBy,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     top: u32,
 ) -> Result<Vec<LabelCount>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT s.ip AS label, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.ip <> '' \
-         GROUP BY s.ip ORDER BY n DESC, s.ip LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(top)
-    .fetch_all(pool)
-    .await
+    // static text per column: the column is never a value from the request
+    let sql = match by {
+        RejectedBy::SaslUser => {
+            "SELECT s.sasl_username AS label, COUNT(*) AS n \
+             FROM message m JOIN session s ON s.id = m.session \
+             WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.sasl_username <> '' \
+             GROUP BY s.sasl_username ORDER BY n DESC, s.sasl_username LIMIT ?"
+        }
+        RejectedBy::ClientIp => {
+            "SELECT s.ip AS label, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
+             WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.ip <> '' \
+             GROUP BY s.ip ORDER BY n DESC, s.ip LIMIT ?"
+        }
+    };
+    sqlx::query_as(sql)
+        .bind(from)
+        .bind(to)
+        .bind(top)
+        .fetch_all(pool)
+        .await
 }
 
 /// Each module's result count, average and longest duration (ms), by module name.
