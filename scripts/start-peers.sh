@@ -3,7 +3,7 @@
 # services cluegetter's tests talk to, on 127.0.0.1 only, without systemd.
 #
 #   start-peers.sh [--stop] SERVICE...
-#   SERVICE: rabbitmq mariadb postfix spamd rspamd clamd tools chromium | all
+#   SERVICE: rabbitmq mariadb postfix spamd rspamd clamd tools chromium cluster | all
 #
 #   rabbitmq  127.0.0.1:5672 guest/guest, vhosts $PEERS_RABBITMQ_VHOSTS, management API 127.0.0.1:15672
 #   mariadb   127.0.0.1:3306 root / empty password, databases $PEERS_MARIADB_DATABASES
@@ -13,6 +13,8 @@
 #   clamd     127.0.0.1:3310, test-only signature DB with EICAR (no freshclam)
 #   tools     swaks miltertest python3-pika amqp-tools mmdb-bin libmaxmind-db-writer-perl curl docker-compose dnsmasq-base (install only)
 #   chromium  chromium chromium-driver (install only; the auditor's browser test runs chromedriver itself)
+#   cluster   rabbitmq-server mariadb-server mariadb-client galera-4 rsync iptables (install only;
+#             scripts/cluster.sh runs the three-node RabbitMQ and Galera clusters with them)
 #
 # Idempotent: a service that already answers on its port is left alone (and
 # not installed); a second run changes nothing.  Never kills a process it did
@@ -141,6 +143,9 @@ install_pkgs() {
     t0=$(now)
     say "$svc: installing ${missing[*]}"
     if [ "$APT_UPDATED" = 0 ]; then
+        # an earlier run that was killed mid-install leaves dpkg half-configured, and every
+        # apt-get install after it fails until this is run
+        dpkg --configure -a >/tmp/start-peers-dpkg-configure.log 2>&1 || true
         apt-get update -qq >/tmp/start-peers-apt-update.log 2>&1 \
             || { err "apt-get update failed, see /tmp/start-peers-apt-update.log"; return 1; }
         APT_UPDATED=1
@@ -536,6 +541,18 @@ start_chromium() {
     say "chromium: $(chromium --version 2>/dev/null | head -n 1), chromedriver installed"
 }
 
+# ================================================================= cluster ==
+# What scripts/cluster.sh needs: the brokers and servers (their packages only: the system
+# services stay as they are), Galera's provider, rsync for its state transfers and iptables
+# for its partitions.
+start_cluster() {
+    install_pkgs cluster rabbitmq-server mariadb-server mariadb-client galera-4 rsync iptables || return 1
+    local lib
+    lib=$(dpkg -L galera-4 2>/dev/null | grep -m1 '/libgalera_smm\.so$')
+    [ -n "$lib" ] && [ -f "$lib" ] || { err "cluster: libgalera_smm.so not found in package galera-4"; return 1; }
+    say "cluster: rabbitmq-server, mariadb-server, galera-4 ($lib), rsync, iptables installed"
+}
+
 # ==================================================================== main ==
 ports_of() {
     case $1 in
@@ -573,16 +590,16 @@ SERVICES=()
 for a in "$@"; do
     case $a in
         all) SERVICES+=($ALL_SERVICES) ;;
-        rabbitmq|mariadb|postfix|spamd|rspamd|clamd|tools|chromium) SERVICES+=("$a") ;;
+        rabbitmq|mariadb|postfix|spamd|rspamd|clamd|tools|chromium|cluster) SERVICES+=("$a") ;;
         -h|--help) usage ;;
-        *) err "unknown service '$a' (known: $ALL_SERVICES tools chromium all)"; exit 2 ;;
+        *) err "unknown service '$a' (known: $ALL_SERVICES tools chromium cluster all)"; exit 2 ;;
     esac
 done
 
 FAILED=()
 for svc in "${SERVICES[@]}"; do
     if [ "$MODE" = stop ]; then
-        [ "$svc" = tools ] || [ "$svc" = chromium ] && continue
+        case $svc in tools|chromium|cluster) continue ;; esac
         stop_service "$svc" || FAILED+=("$svc")
         continue
     fi

@@ -20,11 +20,11 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
+use platform::backoff::Backoff;
 use platform::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
 use platform::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -85,49 +85,23 @@ fn describe() {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     describe();
     // bounces are few: a small pool beside the audit consumer's
-    let pool = store::connect_lazy(&config.database.url, 2).context("invalid database.url")?;
+    let pool =
+        store::connect_lazy(config.database.url.first(), 2).context("invalid database.url")?;
     let store = BounceStore::new(pool);
     let max_backoff = config.broker.reconnect_max_backoff;
-    let (consumed, ()) = tokio::join!(
-        consume_for_ever(&config.broker.url, &store, max_backoff, &shutdown),
-        relink_for_ever(&store, &shutdown),
-    );
-    store.pool().close().await;
-    consumed
-}
-
-async fn consume_for_ever(
-    url: &str,
-    store: &BounceStore,
-    max_backoff: Duration,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let Some(connection) =
-            broker::connect_with_backoff(url, "cluegetter-auditor bounces", max_backoff, shutdown)
-                .await
-        else {
-            return Ok(());
-        };
-        let result = consume(&connection, store, max_backoff, shutdown).await;
-        platform::broker::close(&connection, 200, "auditor stopping").await;
-        match result {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    retry_in = ?delay,
-                    "lost the broker connection of the bounce consumer; reconnecting"
-                );
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
+    let mut supervisor =
+        broker::Supervisor::from_config(&config.broker, "cluegetter-auditor bounces");
+    let consuming = async {
+        while let Some(connection) = supervisor.connect(&shutdown).await {
+            let outcome = consume(&connection, &store, max_backoff, &shutdown).await;
+            if !supervisor.end(&connection, outcome, &shutdown).await {
+                break;
             }
         }
-    }
+    };
+    tokio::join!(consuming, relink_for_ever(&store, &shutdown));
+    store.pool().close().await;
+    Ok(())
 }
 
 /// Consumes on one connection until shutdown (`Ok`) or a broker error (`Err`).
@@ -206,18 +180,17 @@ async fn handle(
             return ack(channel, delivery).await.map(|()| true);
         }
     };
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(max_backoff);
     let outcome = loop {
         match store.write(&event).await {
             Ok(outcome) => break outcome,
             Err(error) => {
+                let delay = backoff.next_delay();
                 tracing::error!(bounce_id = %event.bounce_id, %error, retry_in = ?delay,
                     "cannot write a bounce to the database; not acked; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(delay) => {}
+                if !backoff.sleep_for(delay, shutdown).await {
+                    return Ok(false);
                 }
-                delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
             }
         }
     };
@@ -273,34 +246,16 @@ async fn dead_letter(
         REASON_HEADER.into(),
         AMQPValue::LongString(LongString::from(reason)),
     );
-    let properties = delivery
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            BOUNCE_DEAD_LETTER_QUEUE.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
-        .await
-        .context("cannot publish to the bounce dead-letter queue")?
-        .await
-        .context("no confirm for a dead-lettered bounce")?;
-    match confirmation {
-        Confirmation::Ack(None) => {}
-        Confirmation::Ack(Some(_)) => {
-            bail!("the broker returned a dead-lettered bounce: no queue {BOUNCE_DEAD_LETTER_QUEUE}")
-        }
-        Confirmation::Nack(_) => bail!("the broker refused a dead-lettered bounce"),
-        Confirmation::NotRequested => bail!("publisher confirms are off on the bounce channel"),
-    }
+    let properties = delivery.properties.clone().with_headers(headers);
+    broker::publish_confirmed(
+        channel,
+        "",
+        BOUNCE_DEAD_LETTER_QUEUE,
+        &delivery.data,
+        properties,
+    )
+    .await
+    .with_context(|| format!("cannot dead-letter a bounce to {BOUNCE_DEAD_LETTER_QUEUE}"))?;
     metrics::counter!(DEAD_LETTERED, "reason" => kind).increment(1);
     tracing::warn!(%reason, queue = BOUNCE_DEAD_LETTER_QUEUE, "poison bounce event dead-lettered");
     Ok(())

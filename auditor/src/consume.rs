@@ -23,14 +23,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use lapin::Confirmation;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, Consumer};
+use platform::backoff::Backoff;
 use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
 use platform::config::Config;
 use sqlx::MySqlPool;
@@ -47,7 +46,6 @@ pub const REASON_HEADER: &str = "x-cluegetter-reason";
 
 /// The settings of the loop, read once from the configuration.
 struct Settings {
-    broker_url: String,
     /// For logs: the database URL without its password.
     database_shown: String,
     batch_size: usize,
@@ -59,8 +57,7 @@ struct Settings {
 impl Settings {
     fn new(config: &Config) -> Self {
         Self {
-            broker_url: config.broker.url.clone(),
-            database_shown: broker::redact(&config.database.url),
+            database_shown: config.database.url.to_string(),
             batch_size: usize::from(config.auditor.batch_size.max(1)),
             batch_wait: config.auditor.batch_wait,
             max_backoff: config.broker.reconnect_max_backoff,
@@ -71,33 +68,6 @@ impl Settings {
     /// while the current one is written.
     fn prefetch(&self) -> u16 {
         u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX)
-    }
-}
-
-/// Exponential backoff from 100 ms, doubling up to a maximum.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-
-    fn new(max: Duration) -> Self {
-        Self {
-            next: Self::FIRST,
-            max: max.max(Self::FIRST),
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
     }
 }
 
@@ -114,8 +84,7 @@ pub async fn run(
     let settings = Settings::new(config);
     let kinds = Kinds::from_config(config);
     let mut store = Store::with_kinds(pool, kinds);
-    let mut backoff = Backoff::new(settings.max_backoff);
-    let mut connected_before = false;
+    let mut supervisor = broker::Supervisor::from_config(&config.broker, "cluegetter-auditor");
     tracing::info!(
         queue = AUDIT_QUEUE,
         batch_size = settings.batch_size,
@@ -125,39 +94,14 @@ pub async fn run(
         store_bodies = kinds.bodies,
         "auditor starting"
     );
-    loop {
-        let Some(connection) = broker::connect_with_backoff(
-            &settings.broker_url,
-            "cluegetter-auditor",
-            settings.max_backoff,
-            &shutdown,
-        )
-        .await
-        else {
-            break;
-        };
-        if connected_before {
+    // Closing a session's connection returns our unacked deliveries to the queue.
+    while let Some(connection) = supervisor.connect(&shutdown).await {
+        if supervisor.sessions() > 1 {
             ::metrics::counter!(metrics::BROKER_RECONNECTS).increment(1);
         }
-        connected_before = true;
-        tracing::info!(broker = %broker::redact(&settings.broker_url), "connected to RabbitMQ");
-        let result = consume(&connection, &mut store, &settings, &mut backoff, &shutdown).await;
-        // Closing returns our unacked deliveries to the queue; errors here mean it is gone anyway.
-        platform::broker::close(&connection, 200, "auditor stopping").await;
-        match result {
-            Ok(()) => break,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    retry_in = ?delay,
-                    "lost the broker connection; unacked events will be redelivered; reconnecting"
-                );
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
+        let outcome = consume(&connection, &mut store, &settings, &shutdown).await;
+        if !supervisor.end(&connection, outcome, &shutdown).await {
+            break;
         }
     }
     Ok(())
@@ -168,7 +112,6 @@ async fn consume(
     connection: &Connection,
     store: &mut Store,
     settings: &Settings,
-    backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = connection
@@ -209,7 +152,6 @@ async fn consume(
             if !finished {
                 return Ok(());
             }
-            backoff.reset();
         }
         if stop {
             let _ = channel
@@ -410,43 +352,24 @@ async fn dead_letter(channel: &Channel, poison: &[Poison<'_>]) -> anyhow::Result
             REASON_HEADER.into(),
             AMQPValue::LongString(LongString::from(item.reason.as_str())),
         );
-        let properties = item
-            .delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                AUDIT_DEAD_LETTER_QUEUE.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &item.delivery.data,
-                properties,
-            )
-            .await
-            .context("cannot publish to the dead-letter queue")?;
+        let properties = item.delivery.properties.clone().with_headers(headers);
+        let confirm = broker::publish_mandatory(
+            channel,
+            "",
+            AUDIT_DEAD_LETTER_QUEUE,
+            &item.delivery.data,
+            properties,
+        )
+        .await
+        .context("cannot publish to the dead-letter queue")?;
         confirms.push(confirm);
     }
     for (item, confirm) in poison.iter().zip(confirms) {
-        match confirm
+        let confirmation = confirm
             .await
-            .context("no confirm for a dead-lettered event")?
-        {
-            Confirmation::Ack(None) => {}
-            Confirmation::Ack(Some(_)) => {
-                bail!(
-                    "the broker returned a dead-lettered event: no queue {AUDIT_DEAD_LETTER_QUEUE}"
-                )
-            }
-            Confirmation::Nack(_) => bail!("the broker refused a dead-lettered event"),
-            Confirmation::NotRequested => {
-                bail!("publisher confirms are off on the auditor's channel")
-            }
-        }
+            .context("no confirm for a dead-lettered event")?;
+        broker::confirmed(&confirmation)
+            .with_context(|| format!("cannot dead-letter an event to {AUDIT_DEAD_LETTER_QUEUE}"))?;
         ::metrics::counter!(metrics::DEAD_LETTERED, "reason" => item.kind).increment(1);
         tracing::warn!(
             message_id = %item.message_id,
@@ -477,15 +400,6 @@ pub(crate) fn loose_identity(bytes: &[u8]) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(500));
-        let delays: Vec<_> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
-    }
 
     #[test]
     fn loose_identity_reads_what_it_can() {

@@ -13,15 +13,13 @@
 //! `cluegetter.audit`: other queues bound to it (the quotas settle queue) had their copy of the
 //! event the first time.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use platform::config::Urls;
 
 use crate::consume::REASON_HEADER;
 
@@ -48,15 +46,9 @@ struct Link {
 }
 
 impl Link {
-    async fn open(broker_url: &str) -> anyhow::Result<Self> {
-        let connection = broker::connect(broker_url, "cluegetter-auditor dead-letters")
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to RabbitMQ at {}",
-                    broker::redact(broker_url)
-                )
-            })?;
+    async fn open(broker_urls: &Urls) -> anyhow::Result<Self> {
+        let connection =
+            broker::connect_any(broker_urls, "cluegetter-auditor dead-letters").await?;
         let channel = connection
             .create_channel()
             .await
@@ -111,8 +103,8 @@ impl Link {
 ///
 /// # Errors
 /// The broker cannot be reached or refuses the declarations.
-pub async fn count(broker_url: &str) -> anyhow::Result<u32> {
-    let link = Link::open(broker_url).await?;
+pub async fn count(broker_urls: &Urls) -> anyhow::Result<u32> {
+    let link = Link::open(broker_urls).await?;
     let depth = link.depth().await;
     link.close().await;
     depth
@@ -122,8 +114,8 @@ pub async fn count(broker_url: &str) -> anyhow::Result<u32> {
 ///
 /// # Errors
 /// As [`count`].
-pub async fn show(broker_url: &str, limit: usize) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
-    let link = Link::open(broker_url).await?;
+pub async fn show(broker_urls: &Urls, limit: usize) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
+    let link = Link::open(broker_urls).await?;
     let result = async {
         let depth = link.depth().await?;
         let mut shown = Vec::new();
@@ -146,8 +138,8 @@ pub async fn show(broker_url: &str, limit: usize) -> anyhow::Result<(u32, Vec<De
 /// # Errors
 /// The broker cannot be reached, or refused or returned a copy; what was moved until then
 /// stays moved, the rest stays in the dead-letter queue.
-pub async fn replay(broker_url: &str, limit: Option<usize>) -> anyhow::Result<u64> {
-    let link = Link::open(broker_url).await?;
+pub async fn replay(broker_urls: &Urls, limit: Option<usize>) -> anyhow::Result<u64> {
+    let link = Link::open(broker_urls).await?;
     let result = async {
         link.channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -197,29 +189,10 @@ async fn move_back(channel: &Channel, delivery: &Delivery) -> anyhow::Result<()>
     let properties = delivery
         .properties
         .clone()
-        .with_headers(FieldTable::from(headers))
-        .with_delivery_mode(2);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            AUDIT_QUEUE.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
+        .with_headers(FieldTable::from(headers));
+    broker::publish_confirmed(channel, "", AUDIT_QUEUE, &delivery.data, properties)
         .await
-        .context("cannot publish")?
-        .await
-        .context("no confirm")?;
-    match confirm {
-        Confirmation::Ack(None) => {}
-        Confirmation::Ack(Some(_)) => bail!("the broker returned it: no queue {AUDIT_QUEUE}"),
-        Confirmation::Nack(_) => bail!("the broker refused it"),
-        Confirmation::NotRequested => bail!("publisher confirms are off"),
-    }
+        .with_context(|| format!("cannot move it back to {AUDIT_QUEUE}"))?;
     channel
         .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
         .await

@@ -5,12 +5,13 @@
 //! Exit codes: 0 after a clean shutdown or migration, 1 on a failure, 2 on a bad command line
 //! or configuration.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use platform::backoff::Backoff;
+use platform::cli::CommonArgs;
 use platform::config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -18,17 +19,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "auditor", version, about)]
 struct Cli {
-    /// The configuration file (defaults apply without one).
-    #[arg(long, env = "CLUEGETTER_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter; `RUST_LOG` wins when set.
-    #[arg(
-        long,
-        env = "CLUEGETTER_LOG_LEVEL",
-        value_name = "LEVEL",
-        default_value = "info"
-    )]
-    log_level: String,
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,34 +67,8 @@ enum DeadLetters {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config =
-        match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
-            Ok(config) => config,
-            Err(error) => {
-                eprintln!("auditor: {error}");
-                return ExitCode::from(2);
-            }
-        };
-    if let Err(error) = platform::telemetry::init_logging(&cli.log_level) {
-        eprintln!("auditor: {error}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("auditor: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     let command = cli.command.unwrap_or(Command::Run);
-    match runtime.block_on(run(command, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // logging goes to stderr, so this is the one line an operator sees
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    platform::cli::run("auditor", &cli.common, |config| run(command, config))
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
@@ -113,8 +79,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         return hash_password();
     }
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let result = async {
+    platform::shutdown::cancel_on_signal(shutdown.clone(), "finishing the batch in hand");
+    async {
         if matches!(command, Command::Run) {
             platform::telemetry::serve_metrics(config.auditor.metrics_listen)
                 .map_err(anyhow::Error::msg)?;
@@ -131,7 +97,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                         format!("cannot listen on web-listen {}", config.auditor.web_listen)
                     })?;
                 let pool = auditor::store::connect_lazy(
-                    &config.database.url,
+                    config.database.url.first(),
                     config.database.max_connections,
                 )
                 .context("invalid database.url")?;
@@ -148,9 +114,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Command::Migrate | Command::DeadLetters(_) | Command::Web(_) => Ok(()),
         }
     }
-    .await;
-    signals.abort();
-    result
+    .await
 }
 
 async fn dead_letters(action: DeadLetters, config: &Config) -> anyhow::Result<()> {
@@ -200,57 +164,25 @@ fn hash_password() -> anyhow::Result<()> {
 /// Applies the migrations, retrying with backoff while the database is unreachable. Returns
 /// false when shutdown came first.
 async fn migrate_with_retry(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<bool> {
-    let mut delay = Duration::from_millis(500);
-    let max = config.broker.reconnect_max_backoff.max(delay);
+    let mut backoff = Backoff::starting_at(
+        Duration::from_millis(500),
+        config.broker.reconnect_max_backoff,
+    );
     loop {
-        match auditor::migrate(&config.database.url).await {
+        match auditor::migrate(config.database.url.first()).await {
             Ok(()) => return Ok(true),
             Err(error) if error.is_transient() => {
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::new(error)),
                     retry_in = ?delay,
                     "cannot migrate the database yet; retrying"
                 );
+                if !backoff.sleep_for(delay, shutdown).await {
+                    return Ok(false);
+                }
             }
             Err(error) => return Err(error).context("cannot bring the database schema up to date"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(false),
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(max);
-    }
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut terminate), Ok(mut interrupt)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot listen for SIGTERM/SIGINT; stop the auditor with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::info!("shutting down: finishing the batch in hand (signal again to stop at once)");
-        shutdown.cancel();
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::warn!("second signal: exiting now; unacked events will be redelivered");
-        std::process::exit(130);
-    }
-    #[cfg(not(unix))]
-    {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            shutdown.cancel();
         }
     }
 }

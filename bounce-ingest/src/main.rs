@@ -8,12 +8,12 @@
 //! bounced back to MAILER-DAEMON is lost; 66 (EX_NOINPUT) when stdin was empty.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use bounce_ingest::submit::{EX_TEMPFAIL, Submitted};
 use clap::{Parser, Subcommand};
+use platform::cli::CommonArgs;
 use platform::config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -21,17 +21,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "bounce-ingest", version, about)]
 struct Cli {
-    /// Configuration file (TOML); without one, the defaults (see cluegetter.example.toml).
-    #[arg(long, env = "CLUEGETTER_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log level or tracing filter (RUST_LOG wins when set); logs go to stderr.
-    #[arg(
-        long,
-        env = "CLUEGETTER_LOG_LEVEL",
-        value_name = "LEVEL",
-        default_value = "info"
-    )]
-    log_level: String,
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -70,41 +61,25 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Run);
-    let config_error = match command {
-        Command::Run => ExitCode::from(2),
-        Command::Submit { .. } => ExitCode::from(EX_TEMPFAIL),
-    };
-    let config =
-        match platform::config::load(cli.config.as_deref(), platform::config::env_overrides()) {
-            Ok(config) => config,
-            Err(error) => {
-                eprintln!("bounce-ingest: {error}");
-                return config_error;
-            }
-        };
-    if let Err(error) = platform::telemetry::init_logging(&cli.log_level) {
-        eprintln!("bounce-ingest: {error}");
-        return config_error;
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("bounce-ingest: cannot start the runtime: {error}");
-            return match command {
-                Command::Run => ExitCode::FAILURE,
-                Command::Submit { .. } => ExitCode::from(EX_TEMPFAIL),
-            };
-        }
-    };
     match command {
-        Command::Run => match runtime.block_on(serve(config)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                tracing::error!("{error:#}");
-                ExitCode::FAILURE
+        Command::Run => platform::cli::run("bounce-ingest", &cli.common, serve),
+        Command::Submit { via } => {
+            // every failure, a bad configuration included, keeps the report queued in Postfix
+            let config = match cli.common.load() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("bounce-ingest: {error}");
+                    return ExitCode::from(EX_TEMPFAIL);
+                }
+            };
+            match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime.block_on(submit(config, via)),
+                Err(error) => {
+                    eprintln!("bounce-ingest: cannot start the async runtime: {error}");
+                    ExitCode::from(EX_TEMPFAIL)
+                }
             }
-        },
-        Command::Submit { via } => runtime.block_on(submit(config, via)),
+        }
     }
 }
 
@@ -138,24 +113,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.bounce_ingest.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    platform::shutdown::cancel_on_signal(shutdown.clone(), "finishing the reports being read");
     bounce_ingest::run(config, listener, shutdown).await
-}
-
-/// SIGTERM or SIGINT: stop taking connections, finish the reports being read.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: finishing the reports being read"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the reports being read"),
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops bounce-ingest");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    shutdown.cancel();
 }

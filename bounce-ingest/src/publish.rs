@@ -10,8 +10,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{BasicProperties, Channel, Connection};
+use platform::backoff::Backoff;
 use platform::broker;
 use platform::config::Config;
 use tokio::sync::mpsc;
@@ -22,17 +23,7 @@ use wire::BounceEvent;
 use crate::metrics;
 use crate::spool::{Spool, SpoolEntry};
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("RabbitMQ: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("RabbitMQ refused (nacked) the bounce event")]
-    Nacked,
-    #[error("RabbitMQ returned the bounce event as unroutable (no queue bound to {exchange})")]
-    Unroutable { exchange: &'static str },
-    #[error("publisher confirms are off on this channel")]
-    NoConfirm,
-}
+pub use platform::broker::PublishError;
 
 /// A channel with the bounce topology declared and publisher confirms on.
 ///
@@ -53,30 +44,16 @@ pub async fn open_channel(connection: &Connection) -> Result<Channel, lapin::Err
 /// Anything short of an ack for a routed message.
 pub async fn publish(channel: &Channel, event: &BounceEvent) -> Result<(), PublishError> {
     let properties = BasicProperties::default()
-        .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(event.bounce_id.to_string().into());
-    let confirmation = channel
-        .basic_publish(
-            broker::BOUNCE_EXCHANGE.into(),
-            "".into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &wire::contract::encode(event),
-            properties,
-        )
-        .await?
-        .await?;
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
-            exchange: broker::BOUNCE_EXCHANGE,
-        }),
-        Confirmation::Nack(_) => Err(PublishError::Nacked),
-        Confirmation::NotRequested => Err(PublishError::NoConfirm),
-    }
+    broker::publish_confirmed(
+        channel,
+        broker::BOUNCE_EXCHANGE,
+        "",
+        &wire::contract::encode(event),
+        properties,
+    )
+    .await
 }
 
 /// The handle the listener queues spooled events on. Dropping every handle lets the task
@@ -105,7 +82,7 @@ impl SpoolPublisher {
         }
         let (queue, receiver) = mpsc::unbounded_channel();
         tracker.spawn(publish_loop(
-            config.broker.url.clone(),
+            broker::Supervisor::from_config(&config.broker, "bounce-ingest"),
             config.broker.reconnect_max_backoff,
             spool,
             replay.into(),
@@ -123,22 +100,18 @@ impl SpoolPublisher {
     }
 }
 
+/// A connection to the first node that answers, with the bounce channel set up.
 async fn connect(
-    url: &str,
-    max_backoff: Duration,
+    supervisor: &mut broker::Supervisor,
     stop: &CancellationToken,
 ) -> Option<(Connection, Channel)> {
     loop {
-        let connection =
-            broker::connect_with_backoff(url, "bounce-ingest", max_backoff, stop).await?;
+        let connection = supervisor.connect(stop).await?;
         match open_channel(&connection).await {
             Ok(channel) => return Some((connection, channel)),
             Err(error) => {
-                tracing::warn!(%error, "cannot set up the bounce channel; retrying");
-                platform::broker::close(&connection, 320, "retrying").await;
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                if !supervisor.end(&connection, Err(error), stop).await {
+                    return None;
                 }
             }
         }
@@ -150,7 +123,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 async fn publish_loop(
-    url: String,
+    mut supervisor: broker::Supervisor,
     max_backoff: Duration,
     spool: Spool,
     mut pending: VecDeque<SpoolEntry>,
@@ -158,7 +131,7 @@ async fn publish_loop(
     stop: CancellationToken,
 ) {
     let mut link: Option<(Connection, Channel)> = None;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(max_backoff);
     'events: loop {
         let entry = match pending.pop_front() {
             Some(entry) => entry,
@@ -177,7 +150,7 @@ async fn publish_loop(
         };
         loop {
             if link.is_none() {
-                link = connect(&url, max_backoff, &stop).await;
+                link = connect(&mut supervisor, &stop).await;
             }
             let Some((_, channel)) = link.as_ref() else {
                 break 'events;
@@ -188,21 +161,21 @@ async fn publish_loop(
                     tracing::debug!(bounce_id = %event.bounce_id, "bounce event confirmed");
                     let remover = spool.clone();
                     blocking(move || remover.remove(&entry)).await;
-                    delay = Duration::from_millis(100);
+                    backoff.reset();
                     break;
                 }
                 Err(error) => {
                     ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(bounce_id = %event.bounce_id, %error, retry_in = ?delay,
                         "bounce event not confirmed; retrying");
                     if let Some((connection, _)) = link.take() {
                         platform::broker::close(&connection, 320, "reconnecting").await;
+                        supervisor.lost();
                     }
-                    tokio::select! {
-                        () = stop.cancelled() => break 'events,
-                        () = tokio::time::sleep(delay) => {}
+                    if !backoff.sleep_for(delay, &stop).await {
+                        break 'events;
                     }
-                    delay = (delay * 2).min(max_backoff.max(Duration::from_millis(100)));
                 }
             }
         }

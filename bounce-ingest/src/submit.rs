@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use platform::broker;
-use platform::config::Config;
+use platform::config::{Config, Urls};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use wire::{BounceEvent, BounceId, BounceSource};
@@ -38,12 +38,8 @@ pub enum SubmitError {
     Empty,
     #[error("could not hand the report on within submit-timeout ({0:?})")]
     Timeout(Duration),
-    #[error("cannot reach RabbitMQ at {url}")]
-    Connect {
-        url: String,
-        #[source]
-        source: lapin::Error,
-    },
+    #[error("cannot reach RabbitMQ")]
+    Connect(#[source] broker::ConnectError),
     #[error("RabbitMQ did not take the report")]
     Publish(#[from] PublishError),
     #[error("cannot hand the report to the listener at {addr}")]
@@ -104,13 +100,10 @@ pub async fn submit<R: AsyncRead + Unpin>(
     Ok(Submitted::Published(event.bounce_id))
 }
 
-async fn to_broker(url: &str, event: &BounceEvent) -> Result<(), SubmitError> {
-    let connection = broker::connect(url, "bounce-ingest submit")
+async fn to_broker(urls: &Urls, event: &BounceEvent) -> Result<(), SubmitError> {
+    let connection = broker::connect_any(urls, "bounce-ingest submit")
         .await
-        .map_err(|source| SubmitError::Connect {
-            url: broker::redact(url),
-            source,
-        })?;
+        .map_err(SubmitError::Connect)?;
     let result = async {
         let channel = publish::open_channel(&connection)
             .await

@@ -85,7 +85,7 @@ pub async fn run(
     }
     let longest_timeout = workers.iter().map(|w| w.timeout).max().unwrap_or_default();
     let settings = WorkerSettings {
-        broker_url: config.broker.url.clone(),
+        broker_urls: config.broker.url.clone(),
         connection_name: format!("check-workers ({}) {}", config.instance, names.join(",")),
         reconnect_max_backoff: config.broker.reconnect_max_backoff,
         prefetch: config.check_workers.prefetch,
@@ -98,7 +98,7 @@ pub async fn run(
             .context("[database] url cannot be used for the quotas")?;
         Some((
             settle::SettleSettings {
-                broker_url: config.broker.url.clone(),
+                broker_urls: config.broker.url.clone(),
                 connection_name: format!("check-workers ({}) quotas settle", config.instance),
                 reconnect_max_backoff: config.broker.reconnect_max_backoff,
             },
@@ -110,7 +110,7 @@ pub async fn run(
     worker::describe_metrics();
     tracing::info!(
         modules = %names.join(","),
-        broker = %platform::broker::redact(&settings.broker_url),
+        broker = %settings.broker_urls,
         "check-workers starting"
     );
     // Fired by the settle consumer once its queue is declared: no check reserves before the

@@ -66,22 +66,8 @@ pub enum ModuleError {
     },
 }
 
-/// The error and its causes on one line, `outer: inner: innermost` (anyhow's `{:#}`), for the
-/// `error` determinant and the logs.
-pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some libraries repeat their source in their own message; say it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+// One place for it in every process: the logs and the `error` determinant say it alike.
+pub use platform::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind, message::Delivery};
+use platform::backoff::Backoff;
 use platform::broker;
+use platform::config::Urls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -45,13 +47,14 @@ pub const METRIC_SETTLE_ERRORS: &str = "cluegetter_quota_settle_errors_total";
 const PREFETCH: u16 = 32;
 /// How long shutdown waits for settlements in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to settle one event while the database fails.
 const MAX_DB_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// How the consumer talks to the broker.
 #[derive(Clone, Debug)]
 pub struct SettleSettings {
-    pub broker_url: String,
+    /// `[broker] url`: the nodes, tried in turn.
+    pub broker_urls: Urls,
     pub connection_name: String,
     pub reconnect_max_backoff: Duration,
 }
@@ -113,42 +116,15 @@ pub async fn serve(
 ) {
     describe_metrics();
     let settler = Arc::new(settler.clone());
-    let mut retry_delay = MIN_RETRY_DELAY;
-    loop {
-        let connecting = broker::connect_with_backoff(
-            &settings.broker_url,
-            &settings.connection_name,
-            settings.reconnect_max_backoff,
-            shutdown,
-        );
-        let connection = tokio::select! {
-            () = shutdown.cancelled() => None,
-            connection = connecting => connection,
-        };
-        let Some(connection) = connection else {
-            return;
-        };
-        let started = tokio::time::Instant::now();
+    let mut supervisor = broker::Supervisor::new(
+        &settings.broker_urls,
+        settings.connection_name.clone(),
+        settings.reconnect_max_backoff,
+    );
+    while let Some(connection) = supervisor.connect(shutdown).await {
         let outcome = session(&connection, &settler, ready, shutdown).await;
-        platform::broker::close(&connection, 200, "check-workers done").await;
-        match outcome {
-            Ok(()) => return,
-            Err(error) => {
-                if started.elapsed() >= settings.reconnect_max_backoff {
-                    retry_delay = MIN_RETRY_DELAY;
-                }
-                tracing::warn!(
-                    error = %error_chain(&error),
-                    retry_in = ?retry_delay,
-                    "lost the settle queue's broker session; reconnecting"
-                );
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(retry_delay) => {}
-                }
-                retry_delay =
-                    (retry_delay * 2).min(settings.reconnect_max_backoff.max(MIN_RETRY_DELAY));
-            }
+        if !supervisor.end(&connection, outcome, shutdown).await {
+            break;
         }
     }
 }
@@ -256,7 +232,7 @@ async fn handle(settler: Arc<Settler>, delivery: Delivery, abandon: Cancellation
     };
     let span = tracing::info_span!("settle", message_id = %event.message_id, queue_id = %event.message.queue_id);
     async move {
-        let mut delay = MIN_RETRY_DELAY;
+        let mut backoff = Backoff::new(MAX_DB_RETRY_DELAY);
         loop {
             match settler.settle(&event).await {
                 Ok(settled) => {
@@ -275,12 +251,11 @@ async fn handle(settler: Arc<Settler>, delivery: Delivery, abandon: Cancellation
                 }
                 Err(error) => {
                     metrics::counter!(METRIC_SETTLE_ERRORS).increment(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "cannot settle quota reservations; retrying");
-                    tokio::select! {
-                        () = abandon.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
+                    if !backoff.sleep_for(delay, &abandon).await {
+                        return;
                     }
-                    delay = (delay * 2).min(MAX_DB_RETRY_DELAY);
                 }
             }
         }

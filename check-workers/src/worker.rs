@@ -37,6 +37,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, message::Delivery};
 use platform::broker;
+use platform::config::Urls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -54,10 +55,6 @@ pub const METRIC_ERRORS: &str = "cluegetter_check_errors_total";
 /// Seconds a module spent on a check, errors and timeouts included (`module`).
 pub const METRIC_DURATION: &str = "cluegetter_check_duration_seconds";
 
-/// Shortest pause before reconnecting after a session broke (it doubles up to
-/// `reconnect_max_backoff`, and starts over after a session that lasted that long).
-const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
-
 /// A module and how long one check may take.
 #[derive(Clone)]
 pub struct ModuleWorker {
@@ -69,9 +66,11 @@ pub struct ModuleWorker {
 /// How the loop talks to the broker.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
-    pub broker_url: String,
+    /// `[broker] url`: the nodes, tried in turn.
+    pub broker_urls: Urls,
     /// Shown in RabbitMQ's connection list.
     pub connection_name: String,
+    /// Longest pause between reconnection attempts.
     pub reconnect_max_backoff: Duration,
     /// Requests per module in flight at once (AMQP prefetch); at least 1.
     pub prefetch: u16,
@@ -97,58 +96,26 @@ pub fn describe_metrics() {
     );
 }
 
-/// Serves `modules` until `shutdown` fires, reconnecting whenever the broker goes away. Returns
-/// once the consumers are cancelled, the checks in flight have finished (or `drain_timeout`
-/// passed) and the connection is closed.
+/// Serves `modules` until `shutdown` fires, reconnecting whenever the broker goes away
+/// ([`broker::Supervisor`]). Returns once the consumers are cancelled, the checks in flight
+/// have finished (or `drain_timeout` passed) and the connection is closed.
 pub async fn serve(
     settings: &WorkerSettings,
     modules: &[ModuleWorker],
     shutdown: &CancellationToken,
 ) {
-    let mut retry_delay = MIN_RETRY_DELAY;
-    loop {
-        // `connect_with_backoff` stops between attempts when told to; the select also ends
-        // an attempt that hangs (a peer that accepts TCP but never speaks AMQP).
-        let connecting = broker::connect_with_backoff(
-            &settings.broker_url,
-            &settings.connection_name,
-            settings.reconnect_max_backoff,
-            shutdown,
-        );
-        let connection = tokio::select! {
-            () = shutdown.cancelled() => None,
-            connection = connecting => connection,
-        };
-        let Some(connection) = connection else {
-            return;
-        };
-        let started = Instant::now();
+    let mut supervisor = broker::Supervisor::new(
+        &settings.broker_urls,
+        settings.connection_name.clone(),
+        settings.reconnect_max_backoff,
+    );
+    while let Some(connection) = supervisor.connect(shutdown).await {
         let outcome = session(&connection, settings, modules, shutdown).await;
-        // Closing a connection that already broke fails; there is nothing to do about it.
-        platform::broker::close(&connection, 200, "check-workers done").await;
-        match outcome {
-            Ok(()) => {
-                tracing::info!("check-workers stopped consuming");
-                return;
-            }
-            Err(error) => {
-                if started.elapsed() >= settings.reconnect_max_backoff {
-                    retry_delay = MIN_RETRY_DELAY;
-                }
-                tracing::warn!(
-                    error = %error_chain(&error),
-                    retry_in = ?retry_delay,
-                    "lost the broker session; reconnecting"
-                );
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(retry_delay) => {}
-                }
-                retry_delay =
-                    (retry_delay * 2).min(settings.reconnect_max_backoff.max(MIN_RETRY_DELAY));
-            }
+        if !supervisor.end(&connection, outcome, shutdown).await {
+            break;
         }
     }
+    tracing::info!("check-workers stopped consuming");
 }
 
 /// Why a broker session ended other than by shutdown.

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Channel};
 use platform::broker;
 use platform::config::Config;
@@ -81,8 +81,7 @@ impl AuditPublisher {
             }
         }
         tracker.spawn(publish_loop(
-            config.broker.url.clone(),
-            config.broker.reconnect_max_backoff,
+            broker::Supervisor::from_config(&config.broker, "milter-gateway audit"),
             spool.clone(),
             queue.clone(),
             shutdown,
@@ -160,14 +159,14 @@ impl AuditPublisher {
     }
 }
 
+/// A connection to the first node that answers, with a confirming channel on which the audit
+/// topology is declared.
 async fn connect_channel(
-    url: &str,
-    max_backoff: Duration,
+    supervisor: &mut broker::Supervisor,
     stop: &CancellationToken,
 ) -> Option<(lapin::Connection, Channel)> {
     loop {
-        let connection =
-            broker::connect_with_backoff(url, "milter-gateway audit", max_backoff, stop).await?;
+        let connection = supervisor.connect(stop).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
             broker::declare_audit_topology(&channel).await?;
@@ -179,10 +178,8 @@ async fn connect_channel(
         match setup.await {
             Ok(channel) => return Some((connection, channel)),
             Err(error) => {
-                tracing::warn!(%error, "cannot set up the audit channel; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                if !supervisor.end(&connection, Err(error), stop).await {
+                    return None;
                 }
             }
         }
@@ -191,7 +188,6 @@ async fn connect_channel(
 
 fn properties(event: &AuditEvent) -> BasicProperties {
     BasicProperties::default()
-        .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(event.message_id.to_string().into())
 }
@@ -203,15 +199,16 @@ async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Opt
     let mut pending = Vec::with_capacity(events.len());
     let mut error = None;
     for event in events {
-        match channel
-            .basic_publish(
-                broker::AUDIT_EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &wire::contract::encode(event),
-                properties(event),
-            )
-            .await
+        // mandatory: an event nothing routes comes back in the confirm instead of being
+        // acked and dropped
+        match broker::publish_mandatory(
+            channel,
+            broker::AUDIT_EXCHANGE,
+            "",
+            &wire::contract::encode(event),
+            properties(event),
+        )
+        .await
         {
             Ok(confirm) => {
                 // handed to the broker, not yet confirmed: published minus confirmed is what
@@ -231,11 +228,13 @@ async fn publish_window(channel: &Channel, events: &[AuditEvent]) -> (usize, Opt
         // the spool for ever: give up, reconnect and publish again (the auditor ignores the
         // duplicate if the broker had taken it).
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(c)) if c.is_ack() => confirmed += 1,
-            Ok(Ok(_)) => {
-                error = Some("the broker refused (nacked) the event".to_owned());
-                break;
-            }
+            Ok(Ok(confirmation)) => match broker::confirmed(&confirmation) {
+                Ok(()) => confirmed += 1,
+                Err(refused) => {
+                    error = Some(refused.to_string());
+                    break;
+                }
+            },
             Ok(Err(e)) => {
                 error = Some(e.to_string());
                 break;
@@ -273,8 +272,7 @@ const WINDOW: usize = 256;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn publish_loop(
-    url: String,
-    max_backoff: Duration,
+    mut supervisor: broker::Supervisor,
     spool: Spool,
     queue: Arc<Queue>,
     shutdown: CancellationToken,
@@ -318,7 +316,7 @@ async fn publish_loop(
         };
         while !batch.is_empty() {
             if link.is_none() {
-                link = connect_channel(&url, max_backoff, &shutdown).await;
+                link = connect_channel(&mut supervisor, &shutdown).await;
             }
             let Some((_, channel)) = link.as_ref() else {
                 // Shutting down without a broker: the spool keeps the events for the next start.
@@ -345,6 +343,7 @@ async fn publish_loop(
                 metrics::counter!("cluegetter_gateway_audit_publish_retries_total").increment(1);
                 if let Some((connection, _)) = link.take() {
                     broker::close(&connection, 320, "reconnecting").await;
+                    supervisor.lost();
                 }
                 if shutdown.is_cancelled() {
                     tracing::warn!(

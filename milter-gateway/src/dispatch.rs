@@ -1,9 +1,9 @@
 //! Checks as RPCs over RabbitMQ: publish one request per module, route the replies back to the
 //! message that waits for them.
 //!
-//! A supervisor task owns the broker link: it connects (with backoff, for ever), declares the
-//! module queues and this gateway's exclusive reply queue, consumes the replies and hands each
-//! to the waiting message by its correlation id (the message UUID). When the link breaks, every
+//! A supervisor task owns the broker link: it connects ([`broker::Supervisor`]: the first node
+//! that answers, with backoff, for ever), declares the module queues and a fresh exclusive
+//! reply queue for this gateway, consumes the replies and hands each to the waiting message by its correlation id (the message UUID). When the link breaks, every
 //! waiting message is told at once (its channel closes) and new messages get
 //! [`DispatchError::BrokerDown`] until the link is back, so nobody waits on a dead broker.
 
@@ -83,8 +83,7 @@ impl Dispatcher {
             .map(str::to_owned)
             .collect();
         tracker.spawn(supervise(
-            config.broker.url.clone(),
-            config.broker.reconnect_max_backoff,
+            broker::Supervisor::from_config(&config.broker, "milter-gateway"),
             modules,
             shared.clone(),
             shutdown,
@@ -155,27 +154,15 @@ impl Dispatcher {
 }
 
 async fn supervise(
-    url: String,
-    max_backoff: Duration,
+    mut supervisor: broker::Supervisor,
     modules: Vec<String>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let Some(connection) =
-            broker::connect_with_backoff(&url, "milter-gateway", max_backoff, &shutdown).await
-        else {
-            return;
-        };
-        match run_link(&connection, &modules, &shared, &shutdown).await {
-            Ok(()) => {
-                platform::broker::close(&connection, 200, "shutting down").await;
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, broker = %broker::redact(&url), "RabbitMQ link lost; reconnecting");
-                metrics::counter!("cluegetter_gateway_broker_disconnects_total").increment(1);
-            }
+    while let Some(connection) = supervisor.connect(&shutdown).await {
+        let outcome = run_link(&connection, &modules, &shared, &shutdown).await;
+        if outcome.is_err() {
+            metrics::counter!("cluegetter_gateway_broker_disconnects_total").increment(1);
         }
         if let Ok(mut l) = shared.link.lock() {
             *l = None;
@@ -184,8 +171,7 @@ async fn supervise(
         if let Ok(mut waiters) = shared.waiters.lock() {
             waiters.clear();
         }
-        platform::broker::close(&connection, 320, "reconnecting").await;
-        if shutdown.is_cancelled() {
+        if !supervisor.end(&connection, outcome, &shutdown).await {
             return;
         }
     }

@@ -1,6 +1,7 @@
 //! Logging and metrics set-up shared by the binaries (not called by the libraries' `run`, so
 //! tests can run several processes in one address space).
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 
 use tracing_subscriber::EnvFilter;
@@ -18,6 +19,8 @@ pub fn init_logging(level: &str) -> Result<(), String> {
     .map_err(|e| format!("invalid log level `{level}`: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // colour codes only for a person at a terminal, never into a log file or journal
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))

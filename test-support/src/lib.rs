@@ -4,6 +4,8 @@
 //! - [`TestDb`]: a MariaDB database of its own per test, migrated with `schema/`.
 //! - [`postfix`]: throwaway Postfix instances (`scripts/postfix-instance.sh`) and swaks.
 //! - [`eventually`]: wait on a condition instead of sleeping.
+//! - [`proxy::TcpProxy`]: a forwarder in front of a real service, cut and restored to take the
+//!   service away from a client and give it back.
 //!
 //! Names carry their creation time (`cgt-<unix secs>-<random>`); whatever a crashed or failed
 //! run left behind is swept by the next run once it is an hour old. A passing test removes
@@ -15,6 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod postfix;
+pub mod proxy;
 
 use std::future::Future;
 use std::io::{Read, Write};

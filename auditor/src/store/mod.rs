@@ -20,10 +20,10 @@ pub mod read;
 pub mod values;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
-use sqlx::{Connection as _, Executor as _, MySqlPool};
+use platform::database::PoolSettings;
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::{Connection as _, MySqlPool};
 use wire::AuditEvent;
 
 pub use values::{canonical_ip, ip_bin, network_bounds, split_address};
@@ -40,34 +40,15 @@ pub enum Outcome {
 }
 
 /// A pool for the archive that does not connect until it is used, so the auditor starts (and
-/// keeps its broker consumer) while the database is down.
-///
-/// Every connection runs in UTC, in strict mode (a value that does not fit is an error, never
-/// silently cut) and at READ COMMITTED (fewer gap locks between concurrent auditors).
+/// keeps its broker consumer) while the database is down; [`platform::database`] gives every
+/// connection UTC, strict mode and READ COMMITTED (fewer gap locks between concurrent
+/// auditors), and waits at most 5 s for one (the callers have their own backoff).
 ///
 /// # Errors
 /// The URL cannot be parsed.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
-    let options: MySqlConnectOptions = url.parse()?;
-    let options = options
-        .timezone(Some("+00:00".to_owned()))
-        .statement_cache_capacity(batch::STATEMENT_CACHE);
-    Ok(MySqlPoolOptions::new()
-        .max_connections(max_connections.max(1))
-        // fail fast while the database is down: the caller has its own backoff
-        .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                conn.execute(
-                    "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')",
-                )
-                .await?;
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_lazy_with(options))
+    let settings = PoolSettings::new(max_connections).statement_cache(batch::STATEMENT_CACHE);
+    platform::database::pool(url, &settings)
 }
 
 /// Ids of `instance` and `cluegetter_client` rows, known to be committed.

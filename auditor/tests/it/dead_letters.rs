@@ -10,7 +10,7 @@ use crate::support::{self, Env, WAIT, count};
 #[tokio::test]
 async fn dead_letters_are_shown_and_replayed_once_the_cause_is_fixed() {
     let env = Env::new().await;
-    let url = env.broker.url.clone();
+    let url = platform::config::Urls::from(env.broker.url.as_str());
     let publisher = env.publisher().await;
     assert_eq!(dead_letters::count(&url).await.unwrap(), 0);
 

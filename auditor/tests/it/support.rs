@@ -41,9 +41,9 @@ impl Env {
 
     pub fn config(&self) -> Config {
         let mut config = Config::default();
-        config.broker.url = self.broker.url.clone();
+        config.broker.url = self.broker.url.as_str().into();
         config.broker.reconnect_max_backoff = Duration::from_millis(500);
-        config.database.url = self.db.url.clone();
+        config.database.url = self.db.url.as_str().into();
         config.database.max_connections = 2;
         config.auditor.batch_size = 50;
         config.auditor.batch_wait = Duration::from_millis(300);

@@ -37,7 +37,7 @@ fn temp_spool() -> PathBuf {
 
 fn config(broker_url: &str, spool: &Path) -> Config {
     let mut config = Config::default();
-    config.broker.url = broker_url.to_owned();
+    config.broker.url = broker_url.into();
     config.broker.reconnect_max_backoff = Duration::from_millis(300);
     config.bounce_ingest.spool_dir = spool.to_path_buf();
     config.bounce_ingest.read_timeout = Duration::from_secs(5);
@@ -304,6 +304,31 @@ async fn submit_publishes_and_exits_0_and_exits_75_while_the_broker_is_away() {
     let (code, stderr) = submit(&raw, &[], &[("CLUEGETTER_BROKER__URL", &dead_broker_url())]).await;
     assert_eq!(code, 75, "EX_TEMPFAIL: Postfix keeps the report\n{stderr}");
     assert!(stderr.contains("cannot reach RabbitMQ"), "{stderr}");
+}
+
+/// The alias pipe as it is naturally written (`submit --config FILE`, the flag after the
+/// subcommand), with a list of broker nodes whose first does not answer.
+#[tokio::test]
+async fn submit_takes_config_after_the_subcommand_and_the_first_broker_node_that_answers() {
+    let broker = TestBroker::new().unwrap();
+    let dir = temp_spool();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluegetter.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[broker]\nurl = [\"{}\", \"{}\"]\n",
+            dead_broker_url(),
+            broker.url
+        ),
+    )
+    .unwrap();
+    let raw = report("exim.eml");
+    let (code, stderr) = submit(&raw, &["--config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let event = next_event(&broker).await;
+    assert_eq!(event.raw, raw);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

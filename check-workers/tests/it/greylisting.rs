@@ -28,7 +28,7 @@ const STOP_WITHIN: Duration = Duration::from_secs(15);
 fn config(broker_url: &str, db: &TestDb, initial_period: Duration) -> Config {
     let mut config = crate::harness::config(broker_url);
     config.rspamd.enabled = false;
-    config.database.url = db.url.clone();
+    config.database.url = db.url.as_str().into();
     config.greylisting.enabled = true;
     config.greylisting.initial_period = initial_period;
     config
@@ -583,7 +583,7 @@ async fn mariadb_down_gives_error_results_and_the_worker_keeps_serving() {
         .unwrap()
         .port();
     let mut config = config(&broker.url, &db, Duration::from_secs(2));
-    config.database.url = format!("mysql://root@127.0.0.1:{dead}/nowhere");
+    config.database.url = format!("mysql://root@127.0.0.1:{dead}/nowhere").into();
     config.greylisting.timeout = Duration::from_secs(2);
     let workers = Workers::start(config);
 

@@ -96,7 +96,7 @@ pub fn gtube_request() -> CheckRequest {
 /// The configuration the tests run the workers with: rspamd enabled, broker = the test's vhost.
 pub fn config(broker_url: &str) -> Config {
     let mut config = Config::default();
-    config.broker.url = broker_url.to_owned();
+    config.broker.url = broker_url.into();
     config.broker.reconnect_max_backoff = Duration::from_secs(1);
     config.rspamd.enabled = true;
     config

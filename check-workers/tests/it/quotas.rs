@@ -92,9 +92,9 @@ quota:
 /// The configuration of a quotas worker on this test's vhost and database.
 fn quota_config(broker_url: &str, db_url: &str) -> Config {
     let mut config = Config::default();
-    config.broker.url = broker_url.to_owned();
+    config.broker.url = broker_url.into();
     config.broker.reconnect_max_backoff = Duration::from_secs(1);
-    config.database.url = db_url.to_owned();
+    config.database.url = db_url.into();
     config.quotas.enabled = true;
     config.quotas.account_sasl_username = true;
     config.quotas.account_client_address = true;

@@ -89,7 +89,7 @@ impl Serving {
             most_at_once: AtomicUsize::new(0),
         });
         let settings = WorkerSettings {
-            broker_url: url.to_owned(),
+            broker_urls: url.into(),
             connection_name: format!("check-workers test {STANDIN}"),
             reconnect_max_backoff: Duration::from_secs(1),
             prefetch,

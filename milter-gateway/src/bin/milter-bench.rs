@@ -111,7 +111,7 @@ fn start_gateway(args: &Args) -> anyhow::Result<InProcess> {
         instance: "bench".to_owned(),
         ..platform::config::Config::default()
     };
-    config.broker.url = args.broker_url.clone();
+    config.broker.url = args.broker_url.as_str().into();
     let own_spool = args
         .spool_dir
         .is_none()

@@ -45,7 +45,7 @@ pub fn config(broker_url: &str) -> Config {
         instance: "it".to_owned(),
         ..Config::default()
     };
-    config.broker.url = broker_url.to_owned();
+    config.broker.url = broker_url.into();
     config.broker.reconnect_max_backoff = Duration::from_millis(500);
     config.rspamd.enabled = true;
     config.gateway.progress_interval = Duration::from_millis(200);

@@ -32,7 +32,7 @@ mod tests;
 pub use auditor::{AuditorConfig, WebApiToken, WebUser};
 pub use bounce_ingest::BounceIngestConfig;
 pub use check_workers::CheckWorkersConfig;
-pub use connections::{BrokerConfig, DatabaseConfig};
+pub use connections::{BrokerConfig, DatabaseConfig, Urls, redact};
 pub use gateway::{FailAction, GatewayConfig};
 pub use modules::{
     ClamavConfig, ClamdAddress, GreylistingConfig, ModuleSettings, OnError, QuotasConfig,
@@ -154,6 +154,15 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.instance.is_empty() || self.instance.len() > 20 {
             return Err("`instance` must be 1 to 20 characters".into());
+        }
+        if self.database.url.len() > 1 {
+            // Failing over between database nodes is not built yet; taking the first and
+            // ignoring the rest would look like it was.
+            return Err(
+                "[database] url: a list of servers is not supported yet; give one \
+                        URL (for a Galera cluster, a proxy such as HAProxy in front of it)"
+                    .into(),
+            );
         }
         for (key, value) in [
             ("message-reject-score", self.message_reject_score),

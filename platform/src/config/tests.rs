@@ -411,3 +411,35 @@ fn auditor_retention_is_in_weeks_and_messages_outlive_their_parts() {
         "{err}"
     );
 }
+
+#[test]
+fn broker_url_is_one_url_or_a_list_and_a_database_list_is_refused() {
+    let dir = std::env::temp_dir().join(format!("cg-config-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(
+        &file,
+        "[broker]\nurl = [\"amqp://a:pw@127.0.0.2:5672/v\", \"amqp://a:pw@127.0.0.3:5672/v\"]\n",
+    )
+    .unwrap();
+    let config = load(Some(&file), HashMap::new()).unwrap();
+    assert_eq!(config.broker.url.len(), 2);
+    assert_eq!(config.broker.url.first(), "amqp://a:pw@127.0.0.2:5672/v");
+    let shown = config.broker.url.to_string();
+    assert!(!shown.contains("pw"), "passwords are not shown: {shown}");
+
+    std::fs::write(&file, "[broker]\nurl = []\n").unwrap();
+    assert!(load(Some(&file), HashMap::new()).is_err(), "an empty list");
+
+    std::fs::write(
+        &file,
+        "[database]\nurl = [\"mysql://root@127.0.0.2/c\", \"mysql://root@127.0.0.3/c\"]\n",
+    )
+    .unwrap();
+    let error = load(Some(&file), HashMap::new()).unwrap_err().to_string();
+    assert!(
+        error.contains("[database] url") && error.contains("proxy"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

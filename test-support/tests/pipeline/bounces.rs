@@ -185,7 +185,7 @@ async fn a_message_accepted_then_bounced_is_reported_and_linked_to_its_message()
             main_cf_extra,
             aliases: vec![format!(
                 "bounce-processing: |\"env CLUEGETTER_BROKER__URL={} {} submit\"",
-                config.broker.url,
+                config.broker.url.first(),
                 binary.display()
             )],
             ..PostfixOptions::default()

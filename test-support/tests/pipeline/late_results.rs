@@ -117,9 +117,9 @@ async fn a_result_after_the_breaker_fired_is_archived_marked_late() {
     .unwrap();
     // the real check worker, for rspamd only
     let mut workers_config = platform::config::Config::default();
-    workers_config.broker.url = pipeline.broker.url.clone();
+    workers_config.broker.url = pipeline.broker.url.as_str().into();
     workers_config.broker.reconnect_max_backoff = Duration::from_millis(500);
-    workers_config.database.url = pipeline.db.url.clone();
+    workers_config.database.url = pipeline.db.url.as_str().into();
     workers_config.rspamd.enabled = true;
     let stop = CancellationToken::new();
     let workers = tokio::spawn(check_workers::run(

@@ -84,16 +84,16 @@ impl Pipeline {
         let broker = TestBroker::new()?;
         let db = TestDb::empty().await?;
         let mut config = Config::default();
-        config.broker.url = broker.url.clone();
+        config.broker.url = broker.url.as_str().into();
         config.broker.reconnect_max_backoff = Duration::from_millis(500);
-        config.database.url = db.url.clone();
+        config.database.url = db.url.as_str().into();
         config.gateway.spool_dir = std::env::temp_dir().join(format!("cgt-spool-{}", broker.vhost));
         config.rspamd.enabled = true;
         config.bounce_ingest.spool_dir =
             std::env::temp_dir().join(format!("cgt-bounce-spool-{}", broker.vhost));
         adjust(&mut config);
 
-        auditor::migrate(&config.database.url).await?;
+        auditor::migrate(config.database.url.first()).await?;
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let gateway_addr = listener.local_addr()?;

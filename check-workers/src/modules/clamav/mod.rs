@@ -17,6 +17,7 @@ pub mod clamd;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use platform::backoff::Backoff;
 use platform::config::{ClamavConfig, ClamdAddress};
 use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -69,7 +70,7 @@ impl Clamav {
 
 /// PINGs clamd until it answers PONG (then logs its version) or `stop` fires.
 async fn ping_until_up(address: ClamdAddress, stop: CancellationToken) {
-    let mut pause = PING_RETRY_FIRST;
+    let mut backoff = Backoff::starting_at(PING_RETRY_FIRST, PING_RETRY_MAX);
     let mut failures = 0u32;
     loop {
         let attempt = tokio::select! {
@@ -91,6 +92,7 @@ async fn ping_until_up(address: ClamdAddress, stop: CancellationToken) {
             Err(error) => {
                 failures += 1;
                 let error = error_chain(&error);
+                let pause = backoff.next_delay();
                 if failures == 1 {
                     tracing::error!(
                         %address,
@@ -101,13 +103,11 @@ async fn ping_until_up(address: ClamdAddress, stop: CancellationToken) {
                 } else {
                     tracing::warn!(%address, %error, failures, retry_in = ?pause, "clamd still does not answer PING");
                 }
+                if !backoff.sleep_for(pause, &stop).await {
+                    return;
+                }
             }
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(PING_RETRY_MAX);
     }
 }
 

@@ -85,7 +85,7 @@ impl Greylisting {
         // gives its own error rather than the worker's "no answer within".
         let acquire_timeout = settings.timeout.mul_f64(0.8);
         let store = Store::new(
-            &config.database.url,
+            config.database.url.first(),
             config.database.max_connections,
             acquire_timeout,
         )

@@ -12,12 +12,13 @@
 //! pick one when concurrent upserts touch the same keys) are retried.
 
 use std::net::IpAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
-use sqlx::{Executor as _, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
+use platform::database::{LazyPool, PoolSettings};
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
 
 /// Addresses are cut to this many characters, the width of the columns.
 const ADDRESS_CHARS: usize = 255;
@@ -81,11 +82,7 @@ fn normalise(address: &str) -> String {
 
 /// The tables, through a pool made on first use.
 pub struct Store {
-    options: MySqlConnectOptions,
-    max_connections: u32,
-    acquire_timeout: Duration,
-    /// Made on first use, inside the runtime (sqlx spawns its maintenance task then).
-    pool: OnceLock<MySqlPool>,
+    pool: LazyPool,
     /// `instance.name` → `instance.id`; never held across an await.
     instances: Mutex<Vec<(String, u64)>>,
 }
@@ -100,36 +97,17 @@ impl Store {
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Result<Self, sqlx::Error> {
-        let options: MySqlConnectOptions = url.parse()?;
+        let settings = PoolSettings::new(max_connections).acquire_timeout(acquire_timeout);
         Ok(Self {
-            options,
-            max_connections: max_connections.max(1),
-            acquire_timeout,
-            pool: OnceLock::new(),
+            pool: LazyPool::new(url, settings)?,
             instances: Mutex::new(Vec::new()),
         })
     }
 
-    /// The pool: strict mode, READ COMMITTED (no gap locks; each statement sees what committed
-    /// before it, and our own writes).
+    /// The pool ([`platform::database`]: UTC, strict mode, READ COMMITTED: no gap locks; each
+    /// statement sees what committed before it, and our own writes).
     fn pool(&self) -> &MySqlPool {
-        self.pool.get_or_init(|| {
-            MySqlPoolOptions::new()
-                .max_connections(self.max_connections)
-                .acquire_timeout(self.acquire_timeout)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')",
-                        )
-                        .await?;
-                        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                            .await?;
-                        Ok(())
-                    })
-                })
-                .connect_lazy_with(self.options.clone())
-        })
+        self.pool.get()
     }
 
     /// The id of the instance called `name`, adding the row as the auditor does when the name

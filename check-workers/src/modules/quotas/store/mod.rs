@@ -19,13 +19,14 @@ mod settle;
 mod show;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use platform::config::Config;
+use platform::database::{LazyPool, PoolSettings};
 use regex::Regex;
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
-use sqlx::{Executor as _, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
 
 pub use self::check::{CheckOutcome, QuotaUsage};
 pub use self::import::ImportError;
@@ -62,11 +63,7 @@ pub struct QuotaStore {
 }
 
 struct Inner {
-    options: MySqlConnectOptions,
-    max_connections: u32,
-    acquire_timeout: Duration,
-    /// Made on first use, inside the runtime (sqlx spawns its maintenance task then).
-    pool: OnceLock<MySqlPool>,
+    pool: LazyPool,
     reservation_ttl: Duration,
     /// Compiled regex rows by pattern; `None` for a pattern that does not compile (logged once).
     /// Never held across an await.
@@ -81,7 +78,7 @@ impl QuotaStore {
     /// The URL cannot be parsed.
     pub fn from_config(config: &Config) -> Result<Self, sqlx::Error> {
         Self::new(
-            &config.database.url,
+            config.database.url.first(),
             config.database.max_connections,
             config.quotas.timeout,
             config.quotas.reservation_ttl,
@@ -96,39 +93,21 @@ impl QuotaStore {
         acquire_timeout: Duration,
         reservation_ttl: Duration,
     ) -> Result<Self, sqlx::Error> {
-        let options: MySqlConnectOptions = url.parse()?;
+        let settings = PoolSettings::new(max_connections).acquire_timeout(acquire_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
-                options: options.timezone(Some("+00:00".to_owned())),
-                max_connections: max_connections.max(1),
-                acquire_timeout,
-                pool: OnceLock::new(),
+                pool: LazyPool::new(url, settings)?,
                 reservation_ttl,
                 regexes: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    /// The pool: UTC, strict mode, READ COMMITTED (each statement sees what committed before
-    /// it, which the check relies on after taking its locks; and no gap locks).
+    /// The pool ([`platform::database`]: UTC, strict mode, READ COMMITTED: each statement sees
+    /// what committed before it, which the check relies on after taking its locks; and no gap
+    /// locks).
     pub fn pool(&self) -> &MySqlPool {
-        self.inner.pool.get_or_init(|| {
-            MySqlPoolOptions::new()
-                .max_connections(self.inner.max_connections)
-                .acquire_timeout(self.inner.acquire_timeout)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')",
-                        )
-                        .await?;
-                        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                            .await?;
-                        Ok(())
-                    })
-                })
-                .connect_lazy_with(self.inner.options.clone())
-        })
+        self.inner.pool.get()
     }
 
     pub fn reservation_ttl(&self) -> Duration {
