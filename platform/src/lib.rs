@@ -10,9 +10,11 @@
 //! - [`shutdown`]: the one SIGTERM/SIGINT handler.
 //! - [`cli`]: the flags every binary takes and the steps every `main` runs.
 //! - [`telemetry`]: logging and the Prometheus endpoint for the binaries.
+//! - [`quotas`]: the quota selectors, which check-workers counts by and the auditor shows.
 //!
 //! **Architecture invariant**: `platform` depends on no process crate; it knows nothing of
-//! milter, modules or the archive's tables.
+//! milter or the archive's tables, and of the modules only their configuration and the closed
+//! sets that two processes share (quota selectors).
 
 use std::error::Error as StdError;
 
@@ -21,6 +23,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod quotas;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -58,7 +58,27 @@ enum Rule {
     ImportsFollowDependencies,
     /// Every `.rs` file under a crate's `src/` opens with a `//!` comment.
     SourcesOpenWithInnerDoc,
+    /// A folder of modules in layers (the auditor's web interface): its `mod.rs` wires the
+    /// `pages` together; a page names no other page, only the `shared` modules; a shared
+    /// module names no page. Every module of the folder is one or the other.
+    Layers {
+        /// Relative to the workspace root.
+        dir: &'static str,
+        pages: &'static [&'static str],
+        shared: &'static [&'static str],
+    },
 }
+
+/// The auditor's web interface: pages over shared modules (auditor/src/web/mod.rs).
+const WEB_LAYERS: Rule = Rule::Layers {
+    dir: "auditor/src/web",
+    pages: &[
+        "bounces", "login", "message", "openapi", "quotas", "search", "stats",
+    ],
+    shared: &[
+        "auth", "error", "format", "nav", "params", "state", "svg", "throttle",
+    ],
+};
 
 const RULES: &[(Rule, Status)] = &[
     (
@@ -97,6 +117,8 @@ const RULES: &[(Rule, Status)] = &[
     ),
     (Rule::ImportsFollowDependencies, Status::Enforced),
     (Rule::SourcesOpenWithInnerDoc, Status::Enforced),
+    // page modules import each other in a circle no more (issue 13)
+    (WEB_LAYERS, Status::Enforced),
 ];
 
 #[test]
@@ -156,6 +178,57 @@ fn the_rules_catch_what_they_forbid() {
         "bounce-ingest depends on test-support (not as a dev-dependency",
         "wire depends on milter-gateway",
         "wire depends on lapin",
+    ] {
+        assert!(
+            broken.iter().any(|b| b.contains(expected)),
+            "{expected:?} not reported in {broken:#?}"
+        );
+    }
+
+    // a page that imports another page, a shared module that imports a page
+    let root: &[&str] = &["search"];
+    assert_eq!(
+        web_modules_named("use super::message::load;", root),
+        ["message"]
+    );
+    assert_eq!(
+        web_modules_named("use super::{auth::Identity, message};", root),
+        ["auth", "message"]
+    );
+    assert_eq!(
+        web_modules_named("use crate::web::message::x;", &["search", "filter"]),
+        ["message"]
+    );
+    assert_eq!(
+        web_modules_named("use super::super::message::x;", &["search", "filter"]),
+        ["message"]
+    );
+    // within a page's own folder `super::` is the page
+    assert!(
+        web_modules_named("use super::params::SearchParams;", &["search", "filter"]).is_empty()
+    );
+    assert!(web_modules_named("// super::message", root).is_empty());
+    let broken = check_layers(
+        &[
+            (
+                "search".to_owned(),
+                vec!["search".to_owned()],
+                "use super::message::x;".to_owned(),
+            ),
+            (
+                "format".to_owned(),
+                vec!["format".to_owned()],
+                "use super::search::y;".to_owned(),
+            ),
+            ("extra".to_owned(), vec!["extra".to_owned()], String::new()),
+        ],
+        &["search", "message"],
+        &["format"],
+    );
+    for expected in [
+        "page search names the page message",
+        "shared module format names the page search",
+        "extra is neither a page nor a shared module",
     ] {
         assert!(
             broken.iter().any(|b| b.contains(expected)),
@@ -348,6 +421,28 @@ impl Workspace {
                     }
                 }
             }
+            Rule::Layers { dir, pages, shared } => {
+                let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+                let mut files = Vec::new();
+                walk(&root, &mut |file| {
+                    let relative = file.strip_prefix(&root).unwrap().with_extension("");
+                    let mut path: Vec<String> = relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    if path.last().is_some_and(|last| last == "mod") {
+                        path.pop();
+                    }
+                    if let Some(module) = path.first().cloned() {
+                        files.push((module, path, fs::read_to_string(&file).unwrap()));
+                    }
+                });
+                broken.extend(
+                    check_layers(&files, pages, shared)
+                        .into_iter()
+                        .map(|b| format!("{dir}: {b}")),
+                );
+            }
             Rule::SourcesOpenWithInnerDoc => {
                 for c in self.crates.values() {
                     for (file, in_src) in rust_files(&c.dir) {
@@ -469,6 +564,114 @@ fn named_crates(text: &str, names: &BTreeMap<String, String>) -> Vec<String> {
                 }
             }
         }
+    }
+    found.into_iter().collect()
+}
+
+/// What breaks the layering of one folder: `files` are (the folder's module the file belongs
+/// to, the file's module path within the folder, its text); the folder's `mod.rs` is left out
+/// (it wires the pages together).
+fn check_layers(
+    files: &[(String, Vec<String>, String)],
+    pages: &[&str],
+    shared: &[&str],
+) -> Vec<String> {
+    let mut broken = BTreeSet::new();
+    for (module, path, text) in files {
+        let is_page = pages.contains(&module.as_str());
+        if !is_page && !shared.contains(&module.as_str()) {
+            broken.insert(format!(
+                "{module} is neither a page nor a shared module (add it to the rule)"
+            ));
+            continue;
+        }
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        for named in web_modules_named(text, &path) {
+            if named != *module && pages.contains(&named.as_str()) {
+                broken.insert(if is_page {
+                    format!(
+                        "page {module} names the page {named} (move what they share to a shared module)"
+                    )
+                } else {
+                    format!("shared module {module} names the page {named}")
+                });
+            }
+        }
+    }
+    broken.into_iter().collect()
+}
+
+/// The modules of a folder (`crate::web`) that code at `path` within it names: through
+/// `super::` (as many as lead back to the folder), `crate::web::`, each item of a `{…}` group.
+/// Comments and string literals are left out.
+fn web_modules_named(text: &str, path: &[&str]) -> Vec<String> {
+    let code: String = text.lines().map(code_of).collect::<Vec<_>>().join(" ");
+    let mut found = BTreeSet::new();
+    let mut at = 0;
+    while at < code.len() {
+        let rest = &code[at..];
+        let starts_path = !code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+        let mut reaches_folder = false;
+        let mut len = 0;
+        if starts_path && rest.starts_with("crate::web::") {
+            reaches_folder = true;
+            len = "crate::web::".len();
+        } else if starts_path && rest.starts_with("super::") {
+            let mut n = 0;
+            while rest[len..].starts_with("super::") {
+                len += "super::".len();
+                n += 1;
+            }
+            // `super::` n times from a module n deep reaches the folder
+            reaches_folder = n == path.len();
+        }
+        if !reaches_folder {
+            at += rest.chars().next().map_or(1, char::len_utf8);
+            continue;
+        }
+        let after = &rest[len..];
+        if let Some(group) = after.strip_prefix('{') {
+            let mut depth = 1;
+            let mut item = String::new();
+            let mut items = Vec::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => items.push(std::mem::take(&mut item)),
+                    _ if depth == 1 => item.push(c),
+                    _ => {}
+                }
+            }
+            items.push(item);
+            for item in items {
+                let first: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !first.is_empty() && first != "self" {
+                    found.insert(first);
+                }
+            }
+        } else {
+            let first: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !first.is_empty() {
+                found.insert(first);
+            }
+        }
+        at += len;
     }
     found.into_iter().collect()
 }

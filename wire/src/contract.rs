@@ -199,6 +199,87 @@ pub struct SessionInfo {
     pub daemon_name: String,
 }
 
+/// A check module's name. On the wire it stays a string (`CheckRequest::module`,
+/// `CheckResult::module`, the routing key): during a rolling upgrade a newer worker may answer
+/// for a module an older auditor or gateway has never heard of, and that must not make the
+/// older process refuse (dead-letter) the event. Code that needs to know which module it has
+/// parses the string into this enum; a name it does not know is [`ModuleName::Unknown`], kept
+/// as it came.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModuleName {
+    Quotas,
+    Rspamd,
+    SpamAssassin,
+    Clamav,
+    Greylisting,
+    /// A module this build does not know, as it was spelled.
+    Unknown(String),
+}
+
+impl ModuleName {
+    /// The modules this build knows, in the configuration's order.
+    pub const KNOWN: [ModuleName; 5] = [
+        ModuleName::Quotas,
+        ModuleName::Rspamd,
+        ModuleName::SpamAssassin,
+        ModuleName::Clamav,
+        ModuleName::Greylisting,
+    ];
+
+    /// The names of [`ModuleName::KNOWN`], in the same order.
+    pub const KNOWN_NAMES: [&'static str; 5] =
+        ["quotas", "rspamd", "spamassassin", "clamav", "greylisting"];
+
+    /// `name` as this build knows it (exactly as the wire and the configuration spell it), or
+    /// [`ModuleName::Unknown`].
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "quotas" => Self::Quotas,
+            "rspamd" => Self::Rspamd,
+            "spamassassin" => Self::SpamAssassin,
+            "clamav" => Self::Clamav,
+            "greylisting" => Self::Greylisting,
+            other => Self::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The name as the wire, the routing key and the configuration spell it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Quotas => "quotas",
+            Self::Rspamd => "rspamd",
+            Self::SpamAssassin => "spamassassin",
+            Self::Clamav => "clamav",
+            Self::Greylisting => "greylisting",
+            Self::Unknown(name) => name,
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        !matches!(self, Self::Unknown(_))
+    }
+}
+
+impl fmt::Display for ModuleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ModuleName {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::parse(s))
+    }
+}
+
+impl From<&str> for ModuleName {
+    fn from(name: &str) -> Self {
+        Self::parse(name)
+    }
+}
+
 /// The SMTP envelope. Addresses without the angle brackets, as given (case preserved).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -814,6 +895,34 @@ mod tests {
             sent_at: Utc::now(),
             stage: CheckStage::Rcpt,
         }
+    }
+
+    #[test]
+    fn module_names_parse_known_and_keep_unknown() {
+        for (module, name) in ModuleName::KNOWN.iter().zip(ModuleName::KNOWN_NAMES) {
+            assert_eq!(module.as_str(), name);
+            assert_eq!(&ModuleName::parse(name), module);
+            assert!(module.is_known());
+        }
+        let newer = ModuleName::parse("geoip");
+        assert_eq!(newer, ModuleName::Unknown("geoip".to_owned()));
+        assert_eq!(newer.to_string(), "geoip");
+        assert!(!newer.is_known());
+        // the wire spells names exactly: another case is another (unknown) module
+        assert!(!ModuleName::parse("RSPAMD").is_known());
+    }
+
+    /// A result from a module this build does not know still decodes: module names stay
+    /// strings on the wire, so a newer worker never makes an older process dead-letter.
+    #[test]
+    fn a_result_of_an_unknown_module_decodes() {
+        let result = CheckResult::error(MessageId::new(), "geoip", "x");
+        let json = serde_json::to_vec(&result).unwrap();
+        let back: CheckResult = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            ModuleName::parse(&back.module),
+            ModuleName::Unknown("geoip".into())
+        );
     }
 
     #[test]

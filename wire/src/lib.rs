@@ -14,5 +14,6 @@ pub mod routing;
 pub use contract::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, BounceEvent, BounceId,
     BounceSource, CheckRequest, CheckResult, CheckStage, DeliveryReport, Envelope, Header,
-    HeaderAt, MessageId, MilterChanges, RejectedRecipient, SessionInfo, TlsInfo, WIRE_VERSION,
+    HeaderAt, MessageId, MilterChanges, ModuleName, RejectedRecipient, SessionInfo, TlsInfo,
+    WIRE_VERSION,
 };

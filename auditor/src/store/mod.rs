@@ -1,5 +1,5 @@
 //! All of the auditor's SQL for writing: batches of audit events into the archive tables of
-//! `schema/` (pruning is [`crate::prune`]).
+//! `schema/` (pruning is [`crate::prune`]). What the web interface reads is [`read`]'s.
 //!
 //! A batch is one transaction, written with a few multi-row statements per table
 //! ([`batch`]). If the database refuses one of its values (a value that does not fit its
@@ -16,6 +16,7 @@
 
 mod batch;
 pub mod bounce;
+pub mod read;
 pub mod values;
 
 use std::collections::HashMap;

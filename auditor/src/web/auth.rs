@@ -6,7 +6,8 @@
 //! rows are deleted when a lookup meets them and every [`SESSION_SWEEP`] by [`sweep`]. A database
 //! error while checking a session is a 503, never a login.
 //!
-//! Failed logins are throttled per user name and per client address ([`super::throttle`]).
+//! Failed logins are throttled per user name and per client address ([`super::throttle`]);
+//! the login and logout forms themselves are [`super::login`]'s.
 //!
 //! Cookies: the session cookie is `HttpOnly; SameSite=Strict; Path=/` (+ `Secure` with
 //! `web-cookie-secure`). Forms that change state carry a CSRF token: the login form a token
@@ -15,24 +16,20 @@
 //! attackers too.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use askama::Template;
-use askama_web::WebTemplate;
-use axum::Form;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::MySqlPool;
 
+use super::error::WebError;
+use super::state::AppState;
 use super::throttle::LoginThrottle;
-use super::{AppState, WebError};
 
 pub const SESSION_COOKIE: &str = "cg_session";
 pub const LOGIN_CSRF_COOKIE: &str = "cg_login_csrf";
@@ -58,9 +55,9 @@ pub struct Auth {
     users: HashMap<String, String>,
     /// (name, SHA-256 of the token)
     tokens: Vec<(String, [u8; 32])>,
-    lifetime: Duration,
+    pub(super) lifetime: Duration,
     cookie_secure: bool,
-    throttle: LoginThrottle,
+    pub(super) throttle: LoginThrottle,
 }
 
 impl Auth {
@@ -147,7 +144,7 @@ impl Auth {
     }
 
     /// A new session for `user`, stored; returns the cookie value.
-    async fn open(&self, pool: &MySqlPool, user: &str) -> Result<String, WebError> {
+    pub(super) async fn open(&self, pool: &MySqlPool, user: &str) -> Result<String, WebError> {
         let id = random_token().map_err(|_| WebError::Forbidden)?;
         sqlx::query(
             "INSERT INTO web_session (id, user, created, expires) \
@@ -162,7 +159,7 @@ impl Auth {
         Ok(id)
     }
 
-    async fn close(&self, pool: &MySqlPool, id: &str) -> Result<(), sqlx::Error> {
+    pub(super) async fn close(&self, pool: &MySqlPool, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM web_session WHERE id = ?")
             .bind(sha256(id.as_bytes()).as_slice())
             .execute(pool)
@@ -171,7 +168,7 @@ impl Auth {
     }
 
     /// Whether `password` is `user`'s. Slow on purpose (argon2): call off the async threads.
-    fn verify(&self, user: &str, password: &str) -> bool {
+    pub(super) fn verify(&self, user: &str, password: &str) -> bool {
         let (hash, known) = match self.users.get(user) {
             Some(hash) => (hash.as_str(), true),
             None => (DUMMY_HASH, false),
@@ -186,7 +183,13 @@ impl Auth {
         known && matches
     }
 
-    fn cookie(&self, name: &str, value: &str, path: &str, max_age: Duration) -> HeaderValue {
+    pub(super) fn cookie(
+        &self,
+        name: &str,
+        value: &str,
+        path: &str,
+        max_age: Duration,
+    ) -> HeaderValue {
         let secure = if self.cookie_secure { "; Secure" } else { "" };
         let text = format!(
             "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
@@ -307,200 +310,6 @@ fn session_store_unavailable(error: &sqlx::Error, api: bool) -> Response {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct LoginQuery {
-    next: Option<String>,
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "login.html")]
-pub struct LoginTemplate {
-    csrf: String,
-    next: String,
-    error: String,
-    no_users: bool,
-}
-
-pub async fn login_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<LoginQuery>,
-) -> Result<Response, WebError> {
-    login_form(&state, &headers, query.next.as_deref(), "", StatusCode::OK)
-}
-
-fn login_form(
-    state: &AppState,
-    headers: &HeaderMap,
-    next: Option<&str>,
-    error: &str,
-    status: StatusCode,
-) -> Result<Response, WebError> {
-    // Keep a token the browser already has: another tab, or a request the browser makes on
-    // its own (a favicon redirected here), must not invalidate the form on screen.
-    let csrf = match cookie(headers, LOGIN_CSRF_COOKIE) {
-        Some(token) if is_token(&token) => token,
-        _ => random_token().map_err(|_| WebError::Forbidden)?,
-    };
-    let cookie = state.auth.cookie(
-        LOGIN_CSRF_COOKIE,
-        &csrf,
-        "/login",
-        Duration::from_secs(3600),
-    );
-    let page = LoginTemplate {
-        csrf,
-        next: safe_next(next).to_owned(),
-        error: error.to_owned(),
-        no_users: state.auth.has_no_users(),
-    };
-    Ok((status, [(header::SET_COOKIE, cookie)], page).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-pub struct LoginForm {
-    #[serde(default)]
-    user: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    csrf: String,
-    next: Option<String>,
-}
-
-/// `POST /login`. Needs the connection's peer address (the server is run with
-/// `into_make_service_with_connect_info`), which the throttle counts failures by.
-pub async fn login(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Result<Response, WebError> {
-    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf.as_bytes()) {
-        return Err(WebError::Forbidden);
-    }
-    if state.auth.has_no_users() {
-        tracing::warn!(user = %form.user, "web login refused: no [[auditor.web-users]] configured");
-        return login_form(
-            &state,
-            &headers,
-            form.next.as_deref(),
-            "No users are configured; see the auditor's log.",
-            StatusCode::UNAUTHORIZED,
-        );
-    }
-    let client = peer.ip();
-    let attempt = match state
-        .auth
-        .throttle
-        .begin(&form.user, client, Instant::now())
-    {
-        Ok(attempt) => attempt,
-        Err(refused) => {
-            // whole seconds, rounded up: a client that waits that long is let in
-            let wait = (refused.retry_after.as_secs()
-                + u64::from(refused.retry_after.subsec_nanos() > 0))
-            .max(1);
-            tracing::warn!(
-                user = ?shorten(&form.user),
-                %client,
-                by = if refused.by_user { "user" } else { "client" },
-                retry_after_secs = wait,
-                "web login refused: too many failed logins"
-            );
-            let mut response = login_form(
-                &state,
-                &headers,
-                form.next.as_deref(),
-                &format!(
-                    "Too many failed logins; try again in {}.",
-                    super::quotas::fmt_period(u32::try_from(wait).unwrap_or(u32::MAX))
-                ),
-                StatusCode::TOO_MANY_REQUESTS,
-            )?;
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return Ok(response);
-        }
-    };
-    let auth = state.auth.clone();
-    let (user, password) = (form.user.clone(), form.password);
-    let ok = tokio::task::spawn_blocking(move || auth.verify(&user, &password))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        attempt.failed();
-        tracing::info!(user = ?shorten(&form.user), %client, "web login failed");
-        return login_form(
-            &state,
-            &headers,
-            form.next.as_deref(),
-            "Wrong user name or password.",
-            StatusCode::UNAUTHORIZED,
-        );
-    }
-    attempt.succeeded();
-    let id = state.auth.open(&state.pool, &form.user).await?;
-    tracing::info!(user = %form.user, %client, "web login");
-    let session = state
-        .auth
-        .cookie(SESSION_COOKIE, &id, "/", state.auth.lifetime);
-    let clear = state
-        .auth
-        .cookie(LOGIN_CSRF_COOKIE, "", "/login", Duration::ZERO);
-    let mut response = Redirect::to(safe_next(form.next.as_deref())).into_response();
-    response.headers_mut().append(header::SET_COOKIE, session);
-    response.headers_mut().append(header::SET_COOKIE, clear);
-    Ok(response)
-}
-
-#[derive(Debug, Deserialize)]
-pub struct LogoutForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(
-    State(state): State<AppState>,
-    axum::Extension(identity): axum::Extension<Identity>,
-    headers: HeaderMap,
-    Form(form): Form<LogoutForm>,
-) -> Result<Response, WebError> {
-    if identity.csrf.is_empty() || !constant_time_eq(identity.csrf.as_bytes(), form.csrf.as_bytes())
-    {
-        return Err(WebError::Forbidden);
-    }
-    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        state
-            .auth
-            .close(&state.pool, &id)
-            .await
-            .map_err(WebError::Unavailable)?;
-    }
-    tracing::info!(user = %identity.user, "web logout");
-    let clear = state.auth.cookie(SESSION_COOKIE, "", "/", Duration::ZERO);
-    let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().append(header::SET_COOKIE, clear);
-    Ok(response)
-}
-
-/// Where to go after the login: a local path only (no `//host`, no scheme), else `/messages`.
-fn safe_next(next: Option<&str>) -> &str {
-    match next {
-        Some(path)
-            if path.starts_with('/')
-                && !path.starts_with("//")
-                && !path.contains('\\')
-                && !path.chars().any(char::is_control) =>
-        {
-            path
-        }
-        _ => "/messages",
-    }
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -508,7 +317,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The value of cookie `name` from the request's `Cookie` headers.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -519,15 +328,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// At most 100 characters of a user name, for the log.
-fn shorten(user: &str) -> &str {
-    user.char_indices()
-        .nth(100)
-        .map_or(user, |(end, _)| &user[..end])
-}
-
 /// Whether `text` looks like one of our tokens (64 hex digits).
-fn is_token(text: &str) -> bool {
+pub(super) fn is_token(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -541,7 +343,7 @@ fn session_csrf(id: &str) -> String {
 }
 
 /// 32 random bytes as 64 hex digits.
-fn random_token() -> Result<String, getrandom::Error> {
+pub(super) fn random_token() -> Result<String, getrandom::Error> {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(hex(&bytes))
@@ -577,7 +379,7 @@ fn decode_hex32(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -585,15 +387,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn next_stays_on_this_site() {
-        assert_eq!(safe_next(Some("/messages?sender=a")), "/messages?sender=a");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", "", "x"] {
-            assert_eq!(safe_next(Some(bad)), "/messages", "{bad}");
-        }
-        assert_eq!(safe_next(None), "/messages");
-    }
 
     #[test]
     fn hashes_verify_and_tokens_round_trip() {
@@ -625,7 +418,5 @@ mod tests {
         assert_eq!(session_csrf(&id), csrf);
         assert_ne!(session_csrf(&random_token().unwrap()), csrf);
         assert!(!is_token("00ff"));
-        assert_eq!(shorten(&"é".repeat(300)).chars().count(), 100);
-        assert_eq!(shorten("pm"), "pm");
     }
 }

@@ -1,59 +1,62 @@
 //! Bounces: `/bounces` lists delivery-report recipients (filter by recipient address or
 //! domain, status code prefix, date range, unlinked only), `/bounces/{id}` shows one report
 //! with its recipients, its link to the message and the raw report. JSON twins under
-//! `/api/v1/bounces`. Reads `bounce` and `bounce_report` (schema/0004), bind parameters only.
+//! `/api/v1/bounces`. The SQL is `store::read::bounces`'s; this file validates and renders.
 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{MySql, QueryBuilder};
-use uuid::Uuid;
+use utoipa::{IntoParams, ToSchema};
 
-use super::api::{Nav, fmt_date, fmt_opt_date, lossy};
 use super::auth::Identity;
-use super::search::{AddressFilter, free_text, like_escape, parse_paging, parse_range};
-use super::{AppState, WebError};
+use super::error::WebError;
+use super::format::{fmt_date, fmt_opt_date, lossy};
+use super::nav::Nav;
+use super::params::{Params, free_text, parse_paging, parse_range};
+use super::state::AppState;
+use crate::store::read::AddressFilter;
+use crate::store::read::bounces::{self as read, BounceQuery};
 
 /// Most raw report bytes shown.
 const RAW_SHOWN: usize = 256 * 1024;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+/// The list's query string as typed; an empty value means "not set". The doc comments are
+/// the OpenAPI document's descriptions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BounceParams {
+    /// Reported recipient: an address, `@domain` or `domain`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub recipient: String,
+    /// Status code or its start (`5`, `5.1`, `4.7.1`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub status: String,
+    /// Start, UTC: YYYY-MM-DDTHH:MM[:SS], YYYY-MM-DD or RFC 3339 (default: 24 h before `to`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub from: String,
+    /// End (exclusive), same forms (default: now).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub to: String,
-    /// `1`: only reports not linked to a message
+    /// `1`: only reports not linked to a message.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub unlinked: String,
+    /// Page number from 1 (at most 2000).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub page: String,
+    /// Rows per page, 1 to 500 (default 50).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub per_page: String,
 }
 
-struct BounceFilter {
-    recipient: Option<AddressFilter>,
-    status: Option<String>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    unlinked: bool,
-    page: u32,
-    per_page: u32,
-}
-
-impl BounceFilter {
-    fn parse(params: &BounceParams) -> Result<Self, WebError> {
+impl BounceParams {
+    /// The validated query.
+    fn query(&self) -> Result<BounceQuery, WebError> {
+        let params = self;
         let status = free_text("status", &params.status)?;
         if let Some(status) = &status
             && (status.len() > 16 || !status.chars().all(|c| c.is_ascii_digit() || c == '.'))
@@ -73,7 +76,7 @@ impl BounceFilter {
         };
         let (from, to) = parse_range(&params.from, &params.to)?;
         let (page, per_page) = parse_paging(&params.page, &params.per_page)?;
-        Ok(Self {
+        Ok(BounceQuery {
             recipient: free_text("recipient", &params.recipient)?
                 .and_then(|text| AddressFilter::parse(&text)),
             status,
@@ -84,79 +87,10 @@ impl BounceFilter {
             per_page,
         })
     }
-
-    fn query(&self) -> QueryBuilder<MySql> {
-        let mut q = QueryBuilder::new(
-            "SELECT b.id, b.date, b.message, CAST(b.link AS CHAR) AS link, \
-             CAST(b.kind AS CHAR) AS kind, CAST(b.parse_status AS CHAR) AS parse_status, \
-             r.status, CAST(r.action AS CHAR) AS action, r.recipient, r.diag_code, b.orig_subject \
-             FROM bounce b ",
-        );
-        let reports_filtered = self.recipient.is_some() || self.status.is_some();
-        // without a report filter a bounce without parsed reports is listed too
-        q.push(if reports_filtered {
-            "JOIN bounce_report r ON r.bounce = b.id "
-        } else {
-            "LEFT JOIN bounce_report r ON r.bounce = b.id "
-        });
-        q.push("WHERE b.date >= ");
-        q.push_bind(self.from);
-        q.push(" AND b.date < ");
-        q.push_bind(self.to);
-        if reports_filtered {
-            // the copy of the date in bounce_report lets its (recipient|status, date) keys work
-            q.push(" AND r.date >= ");
-            q.push_bind(self.from);
-            q.push(" AND r.date < ");
-            q.push_bind(self.to);
-        }
-        match &self.recipient {
-            Some(AddressFilter::Address { local, domain }) => {
-                q.push(" AND r.recipient = ");
-                q.push_bind(if domain.is_empty() {
-                    local.clone()
-                } else {
-                    format!("{local}@{domain}")
-                });
-            }
-            Some(AddressFilter::Domain(domain)) => {
-                q.push(" AND r.recipient_domain = ");
-                q.push_bind(domain.clone());
-            }
-            None => {}
-        }
-        if let Some(status) = &self.status {
-            q.push(" AND r.status LIKE ");
-            q.push_bind(format!("{}%", like_escape(status)));
-        }
-        if self.unlinked {
-            q.push(" AND b.message IS NULL");
-        }
-        q.push(" ORDER BY b.date DESC, b.id DESC, r.sequence LIMIT ");
-        q.push_bind(u64::from(self.per_page) + 1);
-        q.push(" OFFSET ");
-        q.push_bind(u64::from(self.page - 1) * u64::from(self.per_page));
-        q
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct ListRow {
-    id: u64,
-    date: DateTime<Utc>,
-    message: Option<Uuid>,
-    link: Option<String>,
-    kind: String,
-    parse_status: String,
-    status: Option<String>,
-    action: Option<String>,
-    recipient: Option<String>,
-    diag_code: Option<String>,
-    orig_subject: String,
 }
 
 /// One recipient of one report (or a report without parsed recipients).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BounceLine {
     pub bounce: u64,
     pub date: String,
@@ -172,7 +106,7 @@ pub struct BounceLine {
     pub orig_subject: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BounceList {
     pub reports: Vec<BounceLine>,
     pub page: u32,
@@ -182,12 +116,8 @@ pub struct BounceList {
     pub to: String,
 }
 
-async fn list(state: &AppState, filter: &BounceFilter) -> Result<BounceList, WebError> {
-    let rows: Vec<ListRow> = filter
-        .query()
-        .build_query_as()
-        .fetch_all(&state.pool)
-        .await?;
+async fn list(state: &AppState, filter: &BounceQuery) -> Result<BounceList, WebError> {
+    let rows = read::list(&state.pool, filter).await?;
     let has_more = rows.len() > filter.per_page as usize;
     Ok(BounceList {
         reports: rows
@@ -239,22 +169,31 @@ fn href(params: &BounceParams, page: u32) -> String {
 pub async fn list_page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<BounceParams>,
+    params: Result<Params<BounceParams>, WebError>,
 ) -> Result<Response, WebError> {
     let nav = Nav::new(&identity, "bounces");
-    let filter = match BounceFilter::parse(&params) {
-        Ok(filter) => filter,
+    let refused = |nav: Nav, q: BounceParams, error: String| {
+        let page = BouncesTemplate {
+            nav,
+            q,
+            error,
+            result: None,
+            prev_href: String::new(),
+            next_href: String::new(),
+        };
+        (StatusCode::BAD_REQUEST, page).into_response()
+    };
+    // a parameter the list does not have: the empty form, and why
+    let params = match params {
+        Ok(Params(params)) => params,
         Err(WebError::BadRequest(error)) => {
-            let page = BouncesTemplate {
-                nav,
-                q: params,
-                error,
-                result: None,
-                prev_href: String::new(),
-                next_href: String::new(),
-            };
-            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+            return Ok(refused(nav, BounceParams::default(), error));
         }
+        Err(other) => return Err(other),
+    };
+    let filter = match params.query() {
+        Ok(filter) => filter,
+        Err(WebError::BadRequest(error)) => return Ok(refused(nav, params, error)),
         Err(other) => return Err(other),
     };
     let result = list(&state, &filter).await?;
@@ -280,45 +219,27 @@ pub async fn list_page(
 }
 
 /// `GET /api/v1/bounces`
+#[utoipa::path(
+    get,
+    path = "/api/v1/bounces",
+    operation_id = "listBounces",
+    summary = "Delivery reports, one row per reported recipient.",
+    params(BounceParams),
+    responses(
+        (status = 200, description = "One page of report rows.", body = BounceList),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn list_api(
     State(state): State<AppState>,
-    Query(params): Query<BounceParams>,
+    Params(params): Params<BounceParams>,
 ) -> Result<Json<BounceList>, WebError> {
-    let filter = BounceFilter::parse(&params)?;
+    let filter = params.query()?;
     Ok(Json(list(&state, &filter).await?))
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct BounceRow {
-    id: u64,
-    date: DateTime<Utc>,
-    received: DateTime<Utc>,
-    mta: String,
-    #[sqlx(rename = "queueId")]
-    queue_id: String,
-    #[sqlx(rename = "messageId")]
-    message_id: String,
-    sender: String,
-    source: String,
-    peer: String,
-    kind: String,
-    parse_status: String,
-    parse_reason: Option<String>,
-    subject: String,
-    received_from_mta: String,
-    arrival_date: Option<DateTime<Utc>>,
-    orig_from: String,
-    orig_to: String,
-    orig_subject: String,
-    mta_hostname: String,
-    message: Option<Uuid>,
-    link: Option<String>,
-    raw: Vec<u8>,
-    raw_size: u64,
-    instance: String,
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Report {
     pub status: String,
     pub action: Option<String>,
@@ -327,17 +248,11 @@ pub struct Report {
     pub recipient: String,
     pub remote_mta: String,
     pub diag_code: Option<String>,
-    #[serde(skip)]
-    last_attempt_date: Option<DateTime<Utc>>,
-    #[serde(skip)]
-    will_retry_until: Option<DateTime<Utc>>,
-    #[sqlx(skip)]
     pub last_attempt: String,
-    #[sqlx(skip)]
     pub retry_until: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BounceDetail {
     pub id: u64,
     pub instance: String,
@@ -369,31 +284,23 @@ pub struct BounceDetail {
 
 async fn detail(state: &AppState, id: &str) -> Result<BounceDetail, WebError> {
     let id: u64 = id.parse().map_err(|_| WebError::NotFound)?;
-    let b: BounceRow = sqlx::query_as(
-        "SELECT b.id, b.date, b.received, b.mta, b.queueId, b.messageId, b.sender, \
-         CAST(b.source AS CHAR) AS source, b.peer, CAST(b.kind AS CHAR) AS kind, \
-         CAST(b.parse_status AS CHAR) AS parse_status, b.parse_reason, b.subject, \
-         b.received_from_mta, b.arrival_date, b.orig_from, b.orig_to, b.orig_subject, \
-         b.mta_hostname, b.message, CAST(b.link AS CHAR) AS link, b.raw, b.raw_size, \
-         i.name AS instance \
-         FROM bounce b JOIN instance i ON i.id = b.cluegetter_instance WHERE b.id = ?",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(WebError::NotFound)?;
-    let mut reports: Vec<Report> = sqlx::query_as(
-        "SELECT status, CAST(action AS CHAR) AS action, orig_rcpt, final_rcpt, recipient, \
-         remote_mta, diag_code, last_attempt_date, will_retry_until \
-         FROM bounce_report WHERE bounce = ? ORDER BY sequence",
-    )
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await?;
-    for report in &mut reports {
-        report.last_attempt = fmt_opt_date(report.last_attempt_date);
-        report.retry_until = fmt_opt_date(report.will_retry_until);
-    }
+    let (b, reports) = read::bounce(&state.pool, id)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let reports = reports
+        .into_iter()
+        .map(|r| Report {
+            status: r.status,
+            action: r.action,
+            orig_rcpt: r.orig_rcpt,
+            final_rcpt: r.final_rcpt,
+            recipient: r.recipient,
+            remote_mta: r.remote_mta,
+            diag_code: r.diag_code,
+            last_attempt: fmt_opt_date(r.last_attempt_date),
+            retry_until: fmt_opt_date(r.will_retry_until),
+        })
+        .collect();
     let mut raw = b.raw;
     raw.truncate(RAW_SHOWN);
     Ok(BounceDetail {
@@ -445,6 +352,18 @@ pub async fn detail_page(
 }
 
 /// `GET /api/v1/bounces/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/bounces/{id}",
+    operation_id = "getBounce",
+    summary = "One delivery report with its recipients and the raw report.",
+    params(("id" = u64, Path, minimum = 1, description = "The bounce id.")),
+    responses(
+        (status = 200, description = "The bounce.", body = BounceDetail),
+        (status = 401, description = "No valid session cookie or bearer token."),
+        (status = 404, description = "No such bounce."),
+    ),
+)]
 pub async fn detail_api(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -6,14 +6,18 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Path, State};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
+use wire::Action;
 
-use super::api::{Nav, fmt_date, lossy, parse_uuid};
 use super::auth::Identity;
-use super::search::address;
-use super::{AppState, WebError};
+use super::error::WebError;
+use super::format::{address, fmt_date, lossy};
+use super::nav::Nav;
+use super::params::parse_uuid;
+use super::state::AppState;
+use crate::store::read::message::{self as read, MessageRow};
 
 /// Most body bytes shown on the page (the API gives the same).
 const BODY_SHOWN: usize = 1 << 20;
@@ -21,55 +25,7 @@ const BODY_SHOWN: usize = 1 << 20;
 const MAX_ROWS: usize = 400;
 const MAX_DEPTH: usize = 8;
 
-#[derive(Debug, sqlx::FromRow)]
-struct MessageRow {
-    session: Uuid,
-    queue_id: String,
-    mta_hostname: String,
-    date: DateTime<Utc>,
-    body_size: u64,
-    body_hash: String,
-    #[sqlx(rename = "messageId")]
-    message_id: String,
-    subject: String,
-    sender_local: String,
-    sender_domain: String,
-    rcpt_count: u32,
-    verdict: String,
-    applied: String,
-    verdict_msg: String,
-    #[sqlx(rename = "rejectScore")]
-    reject_score: f64,
-    #[sqlx(rename = "rejectScoreThreshold")]
-    reject_threshold: f64,
-    #[sqlx(rename = "tempfailScore")]
-    tempfail_score: f64,
-    #[sqlx(rename = "tempfailScoreThreshold")]
-    tempfail_threshold: f64,
-    noop: bool,
-    whitelisted: bool,
-    failure: Option<String>,
-    answered: bool,
-    headers_truncated: bool,
-    date_connect: DateTime<Utc>,
-    ip: String,
-    port: Option<u16>,
-    reverse_dns: String,
-    helo: String,
-    sasl_username: String,
-    sasl_method: String,
-    sasl_sender: String,
-    cert_issuer: String,
-    cert_subject: String,
-    cipher_bits: Option<u16>,
-    cipher: String,
-    tls_version: String,
-    client_hostname: String,
-    daemon_name: String,
-    instance: String,
-}
-
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Session {
     pub id: String,
     pub connected: String,
@@ -90,20 +46,15 @@ pub struct Session {
     pub instance: String,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Recipient {
-    #[serde(skip)]
-    local: String,
-    #[serde(skip)]
-    domain: String,
-    #[sqlx(skip)]
     pub address: String,
     pub status: String,
     pub count: u32,
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HeaderLine {
     pub name: String,
     pub value: String,
@@ -117,7 +68,7 @@ pub struct DetRow {
     pub value: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModuleResult {
     pub module: String,
     pub suggested: String,
@@ -126,12 +77,14 @@ pub struct ModuleResult {
     pub duration_ms: f64,
     pub message: String,
     pub late: bool,
+    /// Why, as the module explained it (JSON, as the module sent it).
+    #[schema(value_type = Object)]
     pub determinants: serde_json::Value,
     #[serde(skip)]
     pub rows: Vec<DetRow>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LinkedBounce {
     pub id: u64,
     pub date: String,
@@ -141,7 +94,7 @@ pub struct LinkedBounce {
 }
 
 /// How the verdict was reached, in words and numbers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Verdict {
     pub verdict: String,
     pub applied: String,
@@ -159,7 +112,7 @@ pub struct Verdict {
     pub explanation: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MessageDetail {
     pub id: String,
     pub date: String,
@@ -182,86 +135,28 @@ pub struct MessageDetail {
     pub body: Option<String>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct ResultRow {
-    module: String,
-    verdict: String,
-    score: f64,
-    weighted_score: f64,
-    duration: f64,
-    verdict_msg: String,
-    determinants: String,
-    late: bool,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct BounceRow {
-    id: u64,
-    date: DateTime<Utc>,
-    link: Option<String>,
-    kind: String,
-    reports: Option<String>,
-}
-
 pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError> {
-    let pool = &state.pool;
-    let row: MessageRow = sqlx::query_as(
-        "SELECT m.session, m.queue_id, m.mta_hostname, m.date, m.body_size, m.body_hash, \
-         m.messageId, m.subject, m.sender_local, m.sender_domain, m.rcpt_count, m.verdict, \
-         m.applied, m.verdict_msg, m.rejectScore, m.rejectScoreThreshold, m.tempfailScore, \
-         m.tempfailScoreThreshold, m.noop, m.whitelisted, m.failure, m.answered, \
-         m.headers_truncated, s.date_connect, s.ip, s.port, s.reverse_dns, s.helo, \
-         s.sasl_username, s.sasl_method, s.sasl_sender, s.cert_issuer, s.cert_subject, \
-         s.cipher_bits, s.cipher, s.tls_version, c.hostname AS client_hostname, c.daemon_name, \
-         i.name AS instance \
-         FROM message m JOIN session s ON s.id = m.session \
-         JOIN cluegetter_client c ON c.id = s.cluegetter_client \
-         JOIN instance i ON i.id = s.cluegetter_instance \
-         WHERE m.id = ?",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(WebError::NotFound)?;
-    let mut recipients: Vec<Recipient> = sqlx::query_as(
-        "SELECT r.local, r.domain, mr.status, mr.count, mr.reason \
-         FROM message_recipient mr JOIN recipient r ON r.id = mr.recipient \
-         WHERE mr.message = ? ORDER BY mr.status, r.domain, r.local",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    for recipient in &mut recipients {
-        recipient.address = address(&recipient.local, &recipient.domain);
-    }
-    let headers: Vec<(Vec<u8>, Vec<u8>)> =
-        sqlx::query_as("SELECT name, body FROM message_header WHERE message = ? ORDER BY sequence")
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    let results: Vec<ResultRow> = sqlx::query_as(
-        "SELECT module, verdict, score, weighted_score, duration, verdict_msg, determinants, late \
-         FROM message_result WHERE message = ? ORDER BY late, module",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let bounces: Vec<BounceRow> = sqlx::query_as(
-        "SELECT b.id, b.date, CAST(b.link AS CHAR) AS link, CAST(b.kind AS CHAR) AS kind, \
-         (SELECT CAST(GROUP_CONCAT(CONCAT(r.status, ' ', r.recipient) ORDER BY r.sequence \
-           SEPARATOR ', ') AS CHAR) FROM bounce_report r WHERE r.bounce = b.id) AS reports \
-         FROM bounce b WHERE b.message = ? ORDER BY b.received",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let chunks: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT body FROM message_body WHERE message = ? ORDER BY sequence")
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    let body = (!chunks.is_empty()).then(|| {
-        let mut bytes: Vec<u8> = chunks.concat();
+    let read::MessageRecord {
+        message: row,
+        recipients,
+        headers,
+        results,
+        bounces,
+        body,
+    } = read::message(&state.pool, id)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let recipients = recipients
+        .into_iter()
+        .map(|r| Recipient {
+            address: address(&r.local, &r.domain),
+            status: r.status,
+            count: r.count,
+            reason: r.reason,
+        })
+        .collect();
+    let body = (!body.is_empty()).then(|| {
+        let mut bytes: Vec<u8> = body.concat();
         bytes.truncate(BODY_SHOWN);
         lossy(&bytes)
     });
@@ -349,10 +244,10 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
 /// suggested reject reach the reject threshold; tempfail when tempfail and reject scores
 /// together reach the tempfail threshold (or a module erred); else permit.
 fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
-    let sum = |action: &str| -> String {
+    let sum = |action: Action| -> String {
         let terms: Vec<String> = results
             .iter()
-            .filter(|r| !r.late && r.suggested == action)
+            .filter(|r| !r.late && r.suggested == action.as_str())
             .map(|r| format!("{} {:.2}", r.module, r.weighted_score))
             .collect();
         if terms.is_empty() {
@@ -360,7 +255,7 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
         } else {
             let total: f64 = results
                 .iter()
-                .filter(|r| !r.late && r.suggested == action)
+                .filter(|r| !r.late && r.suggested == action.as_str())
                 .map(|r| r.weighted_score)
                 .sum();
             format!("{} = {total:.2}", terms.join(" + "))
@@ -384,7 +279,10 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
             row.tempfail_threshold
         ));
     }
-    if results.iter().any(|r| !r.late && r.suggested == "error") {
+    if results
+        .iter()
+        .any(|r| !r.late && r.suggested == Action::Error.as_str())
+    {
         explanation.push(
             "A module answered with an error: unless excused by its group or on-error = ignore, \
              that tempfails the message."
@@ -422,8 +320,8 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
         noop: row.noop,
         whitelisted: row.whitelisted,
         failure: row.failure.clone(),
-        reject_sum: sum("reject"),
-        tempfail_sum: sum("tempfail"),
+        reject_sum: sum(Action::Reject),
+        tempfail_sum: sum(Action::Tempfail),
         explanation,
     }
 }
@@ -539,6 +437,18 @@ pub async fn page(
 }
 
 /// `GET /api/v1/messages/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}",
+    operation_id = "getMessage",
+    summary = "One message with its session, recipients, headers, module results, verdict arithmetic, bounces and body.",
+    params(("id" = String, Path, format = Uuid, description = "The message UUID.")),
+    responses(
+        (status = 200, description = "The message.", body = MessageDetail),
+        (status = 401, description = "No valid session cookie or bearer token."),
+        (status = 404, description = "No such message (or not a UUID)."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,138 +1,109 @@
 //! The auditor's web interface and JSON API (issue 9), served on `[auditor] web-listen`.
 //!
-//! Layout, by concern:
-//! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in MariaDB
-//!   (`web_session`), login/logout with CSRF tokens, the middleware that guards every other
-//!   route; [`throttle`]: failed logins per user name and client address (HTTP 429).
-//! - [`search`]: the message search: query parsing and validation, SQL built from static
-//!   fragments with bind parameters only; the page and `/api/v1/messages`.
+//! Layout, in layers. This file wires the pages into the router. The **pages** (one module
+//! each, a page and its JSON twin) depend only on the shared modules below them, never on each
+//! other (`test-support/tests/tidy.rs` checks it):
+//! - [`search`]: the message search (`params`: the query string; `filter`: validation);
 //! - [`message`]: one message with its session, recipients, headers, results, verdict
-//!   arithmetic, bounces and body.
-//! - [`bounces`], [`quotas`], [`stats`] (+ [`svg`] for the charts): the other pages.
-//! - [`api`] / [`openapi`]: the JSON API's shared parts and its OpenAPI document.
+//!   arithmetic, bounces and body;
+//! - [`bounces`], [`quotas`], [`stats`]: the other pages; [`login`]: the login and logout
+//!   forms; [`openapi`]: the JSON API's OpenAPI document.
+//!
+//! The **shared** modules:
+//! - [`error`]: [`WebError`], the one mapping of failures to HTTP statuses;
+//! - [`state`]: [`AppState`], what every handler shares;
+//! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in MariaDB
+//!   (`web_session`), the middleware that guards every route but the login; [`throttle`]:
+//!   failed logins per user name and client address (HTTP 429);
+//! - [`params`]: reading query parameters (free text, times, paging, networks, ids);
+//! - [`format`]: times, periods, addresses, bytes as shown; [`nav`]: the navigation bar;
+//! - [`svg`]: the charts.
+//!
+//! What the pages read is `crate::store::read`'s: typed rows from SQL built with bind
+//! parameters only; the pages validate the query string and render.
 //!
 //! Security: every route but `/login` and `/style.css` needs a session cookie or a bearer
 //! token; every response carries a CSP without inline scripts or styles; templates are askama
 //! (autoescaped); no debug endpoints. `/metrics` stays on `metrics-listen`, outside this server.
 
-pub mod api;
+// the shared modules
 pub mod auth;
+pub mod error;
+pub mod format;
+pub mod nav;
+pub mod params;
+pub mod state;
+pub mod svg;
+pub mod throttle;
+
+// the pages
 pub mod bounces;
+pub mod login;
 pub mod message;
 pub mod openapi;
 pub mod quotas;
 pub mod search;
 pub mod stats;
-pub mod svg;
-pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use sqlx::MySqlPool;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::hash_password;
+pub use error::WebError;
+pub use state::AppState;
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: MySqlPool,
-    pub auth: Arc<auth::Auth>,
-    /// `[quotas] reservation-ttl`: older unsettled reservations no longer count.
-    pub reservation_ttl: Duration,
+/// The JSON API's routes with their OpenAPI description (from each handler's
+/// `#[utoipa::path]`).
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(search::api))
+        .routes(routes!(message::api))
+        .routes(routes!(bounces::list_api))
+        .routes(routes!(bounces::detail_api))
+        .routes(routes!(quotas::api))
+        .routes(routes!(stats::api))
+        .routes(routes!(openapi::document))
 }
 
-impl AppState {
-    /// From the whole configuration: `[auditor]`'s web keys and `[quotas] reservation-ttl`.
-    pub fn new(config: &platform::config::Config, pool: MySqlPool) -> Self {
-        Self {
-            pool,
-            auth: Arc::new(auth::Auth::from_config(&config.auditor)),
-            reservation_ttl: config.quotas.reservation_ttl,
-        }
-    }
-}
-
-/// Errors of a web request; each names the status it becomes. Database errors are logged and
-/// become a bare 500, never their text.
-#[derive(Debug, thiserror::Error)]
-pub enum WebError {
-    /// 400: a query parameter that cannot be understood; the text says which.
-    #[error("{0}")]
-    BadRequest(String),
-    /// 404
-    #[error("not found")]
-    NotFound,
-    /// 403: a form without its CSRF token.
-    #[error("forbidden")]
-    Forbidden,
-    /// 503: the session store (the database) failed where a login is decided.
-    #[error("the archive database is unavailable; try again shortly")]
-    Unavailable(#[source] sqlx::Error),
-    /// 500, detail in the log.
-    #[error("database error")]
-    Database(#[from] sqlx::Error),
-}
-
-impl IntoResponse for WebError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::Unavailable(error) => {
-                tracing::error!(error = %error, "web sessions: the database failed");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Database(error) => {
-                tracing::error!(error = %error, "web request failed on the database");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        // plain text: nothing of the request is reflected as HTML
-        (
-            status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            self.to_string(),
-        )
-            .into_response()
-    }
+/// The OpenAPI document of the JSON API, as `/api/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
 }
 
 /// The whole application: public routes, guarded routes, security headers.
 pub fn router(state: AppState) -> Router {
+    let (api, document) = api_routes().split_for_parts();
     let guarded = Router::new()
         .route("/", get(|| async { Redirect::to("/messages") }))
-        .route("/logout", post(auth::logout))
+        .route("/logout", post(login::logout))
         .route("/messages", get(search::page))
         .route("/messages/{id}", get(message::page))
         .route("/bounces", get(bounces::list_page))
         .route("/bounces/{id}", get(bounces::detail_page))
         .route("/quotas", get(quotas::page))
         .route("/stats", get(stats::page))
-        .route("/api/openapi.json", get(openapi::document))
-        .route("/api/v1/messages", get(search::api))
-        .route("/api/v1/messages/{id}", get(message::api))
-        .route("/api/v1/bounces", get(bounces::list_api))
-        .route("/api/v1/bounces/{id}", get(bounces::detail_api))
-        .route("/api/v1/quotas", get(quotas::api))
-        .route("/api/v1/stats", get(stats::api))
+        .merge(api)
         .fallback(|| async { WebError::NotFound })
+        .layer(Extension(Arc::new(document)))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_login,
         ));
     Router::new()
-        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/login", get(login::login_page).post(login::login))
         .route("/style.css", get(style))
         .merge(guarded)
         .layer(middleware::from_fn(security_headers))
@@ -225,4 +196,60 @@ async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The closed sets in the document are the types' own: a new verdict or selector shows up
+    /// without anyone editing the document.
+    #[test]
+    fn the_openapi_document_takes_its_closed_sets_from_the_types() {
+        let document = serde_json::to_value(openapi_document()).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let enum_of = |path: &str, name: &str| -> Vec<String> {
+            document["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} has no parameter {name}"))["schema"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let verdicts: Vec<String> = wire::Action::ALL
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect();
+        assert_eq!(enum_of("/api/v1/messages", "verdict"), verdicts);
+        let selectors: Vec<String> = platform::quotas::Selector::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        assert_eq!(enum_of("/api/v1/quotas", "selector"), selectors);
+        // the response types are described, nested ones included
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "SearchResult",
+            "MessageSummary",
+            "MessageDetail",
+            "ModuleResult",
+            "BounceList",
+            "BounceDetail",
+            "QuotaOverview",
+            "Stats",
+        ] {
+            assert!(schemas.contains_key(name), "{name} in {:?}", schemas.keys());
+        }
+        let security = document["components"]["securitySchemes"]
+            .as_object()
+            .unwrap();
+        assert_eq!(security["session"]["name"], auth::SESSION_COOKIE);
+        assert_eq!(security["bearer"]["scheme"], "bearer");
+    }
 }

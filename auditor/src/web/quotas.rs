@@ -1,7 +1,8 @@
 //! Quotas: `/quotas` shows, for a selector and value, each matching quota's periods with the
 //! usage in the trailing window against the curb, and the usage over the last 48 hours per
 //! period as a chart; then the classes with their profiles and periods, and the regex rows
-//! with the concrete rows they instigated. Reads schema/0002's tables, bind parameters only.
+//! with the concrete rows they instigated. The SQL is `store::read::quotas`'s; the usage
+//! arithmetic and the charts are this file's.
 //!
 //! Usage counts what the quotas module counts (check-workers `modules/quotas/store.rs`): `kept`
 //! tally rows, and `reserved` rows younger than `[quotas] reservation-ttl` (read from the same
@@ -11,27 +12,22 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, TimeDelta, Timelike as _, Utc};
+use platform::quotas::Selector;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 
-use super::api::{Nav, fmt_date};
 use super::auth::Identity;
-use super::search::free_text;
+use super::error::WebError;
+use super::format::{fmt_date, fmt_period};
+use super::nav::Nav;
+use super::params::{Params, free_text, one_of};
+use super::state::AppState;
 use super::svg::{self, Chart};
-use super::{AppState, WebError};
+use crate::store::read::quotas::{self as read, QuotaRow};
 
-/// `quota.selector`'s ENUM.
-pub const SELECTORS: &[&str] = &[
-    "sender",
-    "recipient",
-    "client_address",
-    "sasl_username",
-    "sender_domain",
-    "recipient_domain",
-    "sender_sld",
-    "recipient_sld",
-];
 /// The chart's span, in hours.
 const HOURS: i64 = 48;
 /// Longest window the chart sums over (longer periods are cut to it).
@@ -39,16 +35,26 @@ const MAX_WINDOW_SECS: i64 = 8 * 24 * 3600;
 /// Most tally rows read for one quota's chart.
 const MAX_TALLY_ROWS: i64 = 200_000;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+/// The page's query string as typed; an empty value means "not set". The doc comments are the
+/// OpenAPI document's descriptions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct QuotaParams {
+    /// The factor: `quota.selector`.
+    #[param(schema_with = selector_schema)]
     pub selector: String,
+    /// The factor's value (case-insensitive).
     pub value: String,
-    /// a regex row's id: list the rows it instigated
+    /// A regex row's id: list the rows it created.
     pub instigator: String,
 }
 
-#[derive(Debug, Serialize)]
+fn selector_schema() -> Object {
+    one_of(Selector::ALL.map(Selector::as_str))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PeriodUsage {
     pub period_secs: u32,
     pub period: String,
@@ -57,7 +63,7 @@ pub struct PeriodUsage {
     pub over: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QuotaUsage {
     pub id: u64,
     pub selector: String,
@@ -72,16 +78,18 @@ pub struct QuotaUsage {
     pub charts: Vec<Chart>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileInfo {
     pub id: u64,
     pub name: String,
+    /// (period in seconds, curb) pairs
+    #[schema(value_type = Vec<Vec<u32>>)]
     pub periods: Vec<(u32, u32)>,
     /// `1h: 100, 1d: 1000`
     pub summary: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ClassInfo {
     pub id: u64,
     pub name: String,
@@ -89,7 +97,7 @@ pub struct ClassInfo {
     pub profiles: Vec<ProfileInfo>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RegexRow {
     pub id: u64,
     pub selector: String,
@@ -98,18 +106,15 @@ pub struct RegexRow {
     pub instigated: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ConcreteRow {
     pub id: u64,
     pub selector: String,
     pub value: Option<String>,
-    #[serde(skip)]
-    date_added: chrono::NaiveDateTime,
-    #[sqlx(skip)]
     pub added: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QuotaOverview {
     pub selector: String,
     pub value: String,
@@ -120,54 +125,21 @@ pub struct QuotaOverview {
     pub instigated: Vec<ConcreteRow>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct QuotaRow {
-    id: u64,
-    selector: String,
-    value: Option<String>,
-    is_regex: bool,
-    profile: u64,
-    profile_name: String,
-    class_name: String,
-    instigator: Option<u64>,
-    date_added: chrono::NaiveDateTime,
-}
-
-/// `3600` → `1h`, `90` → `1m30s`.
-pub fn fmt_period(secs: u32) -> String {
-    humantime_format(u64::from(secs))
-}
-
-fn humantime_format(mut secs: u64) -> String {
-    if secs == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if secs >= size {
-            out.push_str(&format!("{}{unit}", secs / size));
-            secs %= size;
-        }
-    }
-    out
+/// The selectors, as `quota.selector` spells them.
+pub fn selector_names() -> Vec<&'static str> {
+    Selector::ALL.iter().map(|s| s.as_str()).collect()
 }
 
 async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOverview, WebError> {
     let pool = &state.pool;
     let selector = match params.selector.trim() {
         "" => None,
-        text => Some(
-            SELECTORS
-                .iter()
-                .copied()
-                .find(|s| *s == text)
-                .ok_or_else(|| {
-                    WebError::BadRequest(format!(
-                        "selector: {text:?} is not one of {}",
-                        SELECTORS.join(", ")
-                    ))
-                })?,
-        ),
+        text => Some(text.parse::<Selector>().map_err(|_| {
+            WebError::BadRequest(format!(
+                "selector: {text:?} is not one of {}",
+                selector_names().join(", ")
+            ))
+        })?),
     };
     let value = free_text("value", &params.value)?;
     let instigator = match params.instigator.trim() {
@@ -178,55 +150,31 @@ async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOvervie
     };
     let mut quotas = Vec::new();
     if let (Some(selector), Some(value)) = (selector, &value) {
-        // the module stores values lower-cased; the column compares case-insensitively anyway
-        let rows: Vec<QuotaRow> = sqlx::query_as(
-            "SELECT q.id, CAST(q.selector AS CHAR) AS selector, q.value, q.is_regex, q.profile, \
-             p.name AS profile_name, c.name AS class_name, q.instigator, q.date_added \
-             FROM quota q JOIN quota_profile p ON p.id = q.profile \
-             JOIN quota_class c ON c.id = p.class \
-             WHERE q.selector = ? AND q.value = ? ORDER BY q.id LIMIT 100",
-        )
-        .bind(selector)
-        .bind(value.to_lowercase())
-        .fetch_all(pool)
-        .await?;
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
-            .fetch_one(pool)
-            .await?;
+        let rows = read::quotas_of(pool, selector, value).await?;
+        let now = read::now(pool).await?;
         for row in rows {
             quotas.push(usage(state, row, now).await?);
         }
     }
-    // (class id, class name, instance, profile id, profile name)
-    type ClassRow = (u64, String, String, Option<u64>, Option<String>);
-    let class_rows: Vec<ClassRow> = sqlx::query_as(
-        "SELECT c.id, c.name, i.name, p.id, p.name FROM quota_class c \
-         JOIN instance i ON i.id = c.cluegetter_instance \
-         LEFT JOIN quota_profile p ON p.class = c.id ORDER BY c.id, p.id LIMIT 1000",
-    )
-    .fetch_all(pool)
-    .await?;
-    let period_rows: Vec<(u64, u32, u32)> = sqlx::query_as(
-        "SELECT profile, period, curb FROM quota_profile_period ORDER BY profile, period LIMIT 5000",
-    )
-    .fetch_all(pool)
-    .await?;
+    let class_rows = read::classes(pool).await?;
+    let period_rows = read::all_periods(pool).await?;
     let mut classes: Vec<ClassInfo> = Vec::new();
-    for (class_id, class_name, instance, profile_id, profile_name) in class_rows {
-        if classes.last().is_none_or(|c| c.id != class_id) {
+    for row in class_rows {
+        if classes.last().is_none_or(|c| c.id != row.class_id) {
             classes.push(ClassInfo {
-                id: class_id,
-                name: class_name,
-                instance,
+                id: row.class_id,
+                name: row.class_name,
+                instance: row.instance,
                 profiles: Vec::new(),
             });
         }
-        if let (Some(id), Some(name), Some(class)) = (profile_id, profile_name, classes.last_mut())
+        if let (Some(id), Some(name), Some(class)) =
+            (row.profile_id, row.profile_name, classes.last_mut())
         {
             let periods: Vec<(u32, u32)> = period_rows
                 .iter()
-                .filter(|(p, _, _)| *p == id)
-                .map(|(_, period, curb)| (*period, *curb))
+                .filter(|p| p.profile == id)
+                .map(|p| (p.period, p.curb))
                 .collect();
             let summary = periods
                 .iter()
@@ -241,31 +189,35 @@ async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOvervie
             });
         }
     }
-    let regexes: Vec<RegexRow> = sqlx::query_as(
-        "SELECT q.id, CAST(q.selector AS CHAR) AS selector, q.value, p.name AS profile, \
-         (SELECT COUNT(*) FROM quota x WHERE x.instigator = q.id) AS instigated \
-         FROM quota q JOIN quota_profile p ON p.id = q.profile \
-         WHERE q.is_regex = 1 ORDER BY q.id LIMIT 500",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut instigated: Vec<ConcreteRow> = match instigator {
-        Some(id) => {
-            sqlx::query_as(
-                "SELECT id, CAST(selector AS CHAR) AS selector, value, date_added FROM quota \
-                 WHERE instigator = ? ORDER BY id DESC LIMIT 500",
-            )
-            .bind(id)
-            .fetch_all(pool)
+    let regexes = read::regexes(pool)
+        .await?
+        .into_iter()
+        .map(|r| RegexRow {
+            id: r.id,
+            selector: r.selector,
+            value: r.value,
+            profile: r.profile,
+            instigated: r.instigated,
+        })
+        .collect();
+    let instigated = match instigator {
+        Some(id) => read::instigated_by(pool, id)
             .await?
-        }
+            .into_iter()
+            .map(|r| ConcreteRow {
+                id: r.id,
+                selector: r.selector,
+                value: r.value,
+                added: r.date_added.format("%Y-%m-%d %H:%M:%S").to_string(),
+            })
+            .collect(),
         None => Vec::new(),
     };
-    for row in &mut instigated {
-        row.added = row.date_added.format("%Y-%m-%d %H:%M:%S").to_string();
-    }
     Ok(QuotaOverview {
-        selector: selector.unwrap_or_default().to_owned(),
+        selector: selector
+            .map(Selector::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         value: value.unwrap_or_default(),
         quotas,
         classes,
@@ -282,12 +234,11 @@ async fn usage(
     row: QuotaRow,
     now: DateTime<Utc>,
 ) -> Result<QuotaUsage, WebError> {
-    let periods: Vec<(u32, u32)> = sqlx::query_as(
-        "SELECT period, curb FROM quota_profile_period WHERE profile = ? ORDER BY period",
-    )
-    .bind(row.profile)
-    .fetch_all(&state.pool)
-    .await?;
+    let periods: Vec<(u32, u32)> = read::periods_of(&state.pool, row.profile)
+        .await?
+        .into_iter()
+        .map(|p| (p.period, p.curb))
+        .collect();
     let longest = periods
         .iter()
         .map(|(p, _)| i64::from(*p))
@@ -295,16 +246,7 @@ async fn usage(
         .unwrap_or(0)
         .min(MAX_WINDOW_SECS);
     let since = now - TimeDelta::hours(HOURS) - TimeDelta::seconds(longest);
-    // (date, units, still reserved)
-    let tally: Vec<(DateTime<Utc>, u32, bool)> = sqlx::query_as(
-        "SELECT date, units, status = 'reserved' FROM quota_message \
-         WHERE quota = ? AND date >= ? AND status <> 'released' ORDER BY date LIMIT ?",
-    )
-    .bind(row.id)
-    .bind(since)
-    .bind(MAX_TALLY_ROWS)
-    .fetch_all(&state.pool)
-    .await?;
+    let tally = read::tally(&state.pool, row.id, since, MAX_TALLY_ROWS).await?;
     let ttl = TimeDelta::from_std(state.reservation_ttl).unwrap_or(TimeDelta::MAX);
     // as the module counts at `end`: kept rows, and reservations younger than the TTL
     let window_sum = |end: DateTime<Utc>, secs: u32| -> i64 {
@@ -314,10 +256,8 @@ async fn usage(
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         tally
             .iter()
-            .filter(|(date, _, reserved)| {
-                *date > start && *date <= end && (!*reserved || *date > ttl_cutoff)
-            })
-            .map(|(_, units, _)| i64::from(*units))
+            .filter(|t| t.date > start && t.date <= end && (!t.reserved || t.date > ttl_cutoff))
+            .map(|t| i64::from(t.units))
             .sum()
     };
     // hour marks, the last one now
@@ -379,7 +319,7 @@ async fn usage(
 #[template(path = "quotas.html")]
 pub struct QuotasTemplate {
     nav: Nav,
-    selectors: &'static [&'static str],
+    selectors: Vec<&'static str>,
     o: QuotaOverview,
 }
 
@@ -387,32 +327,31 @@ pub struct QuotasTemplate {
 pub async fn page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<QuotaParams>,
+    Params(params): Params<QuotaParams>,
 ) -> Result<QuotasTemplate, WebError> {
     Ok(QuotasTemplate {
         nav: Nav::new(&identity, "quotas"),
-        selectors: SELECTORS,
+        selectors: selector_names(),
         o: overview(&state, &params).await?,
     })
 }
 
 /// `GET /api/v1/quotas`
+#[utoipa::path(
+    get,
+    path = "/api/v1/quotas",
+    operation_id = "quotas",
+    summary = "Quota usage for a selector and value; classes, profiles and regex rows.",
+    params(QuotaParams),
+    responses(
+        (status = 200, description = "The overview.", body = QuotaOverview),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
-    Query(params): Query<QuotaParams>,
+    Params(params): Params<QuotaParams>,
 ) -> Result<Json<QuotaOverview>, WebError> {
     Ok(Json(overview(&state, &params).await?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periods_read_as_durations() {
-        assert_eq!(fmt_period(3600), "1h");
-        assert_eq!(fmt_period(90), "1m30s");
-        assert_eq!(fmt_period(86_400 * 7), "7d");
-        assert_eq!(fmt_period(0), "0s");
-    }
 }

@@ -1,48 +1,58 @@
 //! Statistics: `/stats` (SVG charts) and `/api/v1/stats` (the same figures as JSON) for a date
 //! range (default the last 24 h): messages per hour (per day beyond three days) by verdict,
-//! the most rejected senders, SASL users and client addresses, and module latencies. Each
-//! query is one index range over the period (schema/0005's covering indexes).
+//! the most rejected senders, SASL users and client addresses, and module latencies. The SQL
+//! is `store::read::stats`'s; this file fills the empty periods and draws.
 
 use std::collections::BTreeMap;
 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use wire::Action;
 
-use super::api::{Nav, fmt_date};
 use super::auth::Identity;
-use super::search::{VERDICTS, address, parse_range};
+use super::error::WebError;
+use super::format::{address, fmt_date};
+use super::nav::Nav;
+use super::params::{Params, parse_range};
+use super::state::AppState;
 use super::svg::{self, Chart};
-use super::{AppState, WebError};
+use crate::store::read::stats::{self as read, RejectedBy};
 
 const TOP: u32 = 10;
 /// Longest range shown (a year), so a typo cannot scan the whole archive at once.
 const MAX_RANGE_DAYS: i64 = 366;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+/// The page's query string as typed; an empty value means "not set". The doc comments are the
+/// OpenAPI document's descriptions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatsParams {
+    /// Start, UTC (default: 24 h before `to`); the range spans at most 366 days.
     pub from: String,
+    /// End, UTC (default: now).
     pub to: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Bucket {
     pub start: String,
     /// messages per verdict
     pub counts: BTreeMap<String, i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Count {
     pub label: String,
     pub count: i64,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Latency {
     pub module: String,
     pub results: i64,
@@ -50,11 +60,12 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
     pub from: String,
     pub to: String,
     /// `hour` or `day`
+    #[schema(value_type = String)]
     pub bucket: &'static str,
     pub buckets: Vec<Bucket>,
     pub top_rejected_senders: Vec<Count>,
@@ -77,15 +88,7 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
     } else {
         ("%Y-%m-%d", TimeDelta::days(1))
     };
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT CAST(DATE_FORMAT(date, ?) AS CHAR) AS bucket, CAST(verdict AS CHAR), COUNT(*) \
-         FROM message WHERE date >= ? AND date < ? GROUP BY bucket, verdict ORDER BY bucket",
-    )
-    .bind(format)
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
+    let rows = read::per_verdict(pool, format, from, to).await?;
     // every bucket of the range, also the empty ones
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut start = truncate(from, hourly);
@@ -96,52 +99,28 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
         });
         start += step;
     }
-    for (bucket, verdict, count) in rows {
-        if let Some(b) = buckets.iter_mut().find(|b| b.start == bucket) {
-            b.counts.insert(verdict, count);
+    for row in rows {
+        if let Some(b) = buckets.iter_mut().find(|b| b.start == row.bucket) {
+            b.counts.insert(row.verdict, row.count);
         }
     }
-    let senders: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT sender_local, sender_domain, COUNT(*) AS n FROM message \
-         WHERE verdict = 'reject' AND date >= ? AND date < ? \
-         GROUP BY sender_domain, sender_local ORDER BY n DESC, sender_domain, sender_local LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(TOP)
-    .fetch_all(pool)
-    .await?;
-    let sasl: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT s.sasl_username, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.sasl_username <> '' \
-         GROUP BY s.sasl_username ORDER BY n DESC, s.sasl_username LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(TOP)
-    .fetch_all(pool)
-    .await?;
-    let ips: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT s.ip, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.ip <> '' \
-         GROUP BY s.ip ORDER BY n DESC, s.ip LIMIT ?",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(TOP)
-    .fetch_all(pool)
-    .await?;
-    let module_latency: Vec<Latency> = sqlx::query_as(
-        "SELECT r.module, COUNT(*) AS results, CAST(AVG(r.duration) * 1000 AS DOUBLE) AS avg_ms, \
-         CAST(MAX(r.duration) * 1000 AS DOUBLE) AS max_ms \
-         FROM message m JOIN message_result r ON r.message = m.id \
-         WHERE m.date >= ? AND m.date < ? GROUP BY r.module ORDER BY r.module",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
-    let count = |(label, count): (String, i64)| Count { label, count };
+    let senders = read::top_rejected_senders(pool, from, to, TOP).await?;
+    let sasl = read::top_rejected(pool, RejectedBy::SaslUser, from, to, TOP).await?;
+    let ips = read::top_rejected(pool, RejectedBy::ClientIp, from, to, TOP).await?;
+    let module_latency = read::module_latency(pool, from, to)
+        .await?
+        .into_iter()
+        .map(|l| Latency {
+            module: l.module,
+            results: l.results,
+            avg_ms: l.avg_ms,
+            max_ms: l.max_ms,
+        })
+        .collect();
+    let count = |row: read::LabelCount| Count {
+        label: row.label,
+        count: row.count,
+    };
     Ok(Stats {
         from: fmt_date(from),
         to: fmt_date(to),
@@ -149,9 +128,9 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
         buckets,
         top_rejected_senders: senders
             .into_iter()
-            .map(|(local, domain, n)| Count {
-                label: address(&local, &domain),
-                count: n,
+            .map(|row| Count {
+                label: address(&row.sender_local, &row.sender_domain),
+                count: row.count,
             })
             .collect(),
         top_rejected_sasl_users: sasl.into_iter().map(count).collect(),
@@ -179,16 +158,17 @@ fn charts(stats: &Stats) -> Vec<Chart> {
             }
         })
         .collect();
-    let series: Vec<(String, Vec<f64>)> = VERDICTS
+    let series: Vec<(String, Vec<f64>)> = Action::ALL
         .iter()
-        .filter(|v| stats.buckets.iter().any(|b| b.counts.contains_key(**v)))
+        .map(|v| v.as_str())
+        .filter(|v| stats.buckets.iter().any(|b| b.counts.contains_key(*v)))
         .map(|v| {
             (
-                (*v).to_owned(),
+                v.to_owned(),
                 stats
                     .buckets
                     .iter()
-                    .map(|b| b.counts.get(*v).copied().unwrap_or(0) as f64)
+                    .map(|b| b.counts.get(v).copied().unwrap_or(0) as f64)
                     .collect(),
             )
         })
@@ -251,7 +231,7 @@ pub struct StatsTemplate {
 pub async fn page(
     State(state): State<AppState>,
     axum::Extension(identity): axum::Extension<Identity>,
-    Query(params): Query<StatsParams>,
+    Params(params): Params<StatsParams>,
 ) -> Result<StatsTemplate, WebError> {
     let s = stats(&state, &params).await?;
     Ok(StatsTemplate {
@@ -263,9 +243,21 @@ pub async fn page(
 }
 
 /// `GET /api/v1/stats`
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    operation_id = "stats",
+    summary = "Messages per hour (or day) by verdict, top rejected senders, SASL users and client addresses, module latencies.",
+    params(StatsParams),
+    responses(
+        (status = 200, description = "The figures.", body = Stats),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
 pub async fn api(
     State(state): State<AppState>,
-    Query(params): Query<StatsParams>,
+    Params(params): Params<StatsParams>,
 ) -> Result<Json<Stats>, WebError> {
     Ok(Json(stats(&state, &params).await?))
 }

@@ -934,6 +934,54 @@ async fn statistics_count_by_verdict_and_draw_svg_charts() {
     assert!(html.contains("class=\"reject\""), "reject bars drawn");
 }
 
+/// A typo in a parameter name (`Sender=` for `sender=`) is a 400 that names it, never the
+/// whole unfiltered list.
+#[tokio::test]
+async fn an_unknown_query_parameter_is_a_400_that_names_it() {
+    let env = WebEnv::new().await;
+    env.store(&three_events()).await;
+    for path in [
+        "/api/v1/messages?Sender=alice%40one.example",
+        "/api/v1/messages?sender=alice%40one.example&verdikt=reject",
+        "/api/v1/bounces?recipeint=bob%40example.net",
+        "/api/v1/quotas?selector=sender&valeu=a",
+        "/api/v1/stats?form=2026-01-01",
+    ] {
+        let (status, body) = env.api(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let name = path
+            .rsplit(['?', '&'])
+            .next()
+            .unwrap()
+            .split('=')
+            .next()
+            .unwrap();
+        assert!(body.contains(&format!("`{name}`")), "{path}: {body}");
+    }
+    // the same search spelled right finds its one message
+    let json = env
+        .api_json("/api/v1/messages?sender=alice%40one.example")
+        .await;
+    assert_eq!(queue_ids(&json), ["QA1"]);
+
+    // the page: the form again, with why, and no results
+    let session = env.login().await;
+    let (status, html) = env
+        .page(&session, "/messages?Sender=alice%40one.example")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("unknown field `Sender`"), "{html}");
+    assert!(html.contains("id=\"search-form\""), "the form is shown");
+    assert!(!html.contains("QA1"), "no results listed");
+    let (status, html) = env.page(&session, "/bounces?recipeint=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("unknown field `recipeint`"), "{html}");
+    let (status, _) = env.page(&session, "/quotas?selectr=sender").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = env.page(&session, "/stats?too=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test]
 async fn openapi_lists_every_api_route() {
     let env = WebEnv::new().await;

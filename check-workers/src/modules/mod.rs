@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use platform::config::Config;
+use wire::ModuleName;
 
 use crate::module::{Module, ModuleError};
 
@@ -18,30 +19,30 @@ pub mod spamassassin;
 /// # Errors
 /// `name` is not a module this build has, or its client cannot be set up.
 pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Module>, BuildError> {
-    match name {
-        quotas::NAME => Ok(Arc::new(quotas::Quotas::new(config).map_err(|source| {
+    match ModuleName::parse(name) {
+        ModuleName::Quotas => Ok(Arc::new(quotas::Quotas::new(config).map_err(|source| {
             BuildError::Client {
                 module: quotas::NAME,
                 source,
             }
         })?)),
-        rspamd::NAME => Ok(Arc::new(rspamd::Rspamd::new(&config.rspamd).map_err(
+        ModuleName::Rspamd => Ok(Arc::new(rspamd::Rspamd::new(&config.rspamd).map_err(
             |source| BuildError::Client {
                 module: rspamd::NAME,
                 source,
             },
         )?)),
-        spamassassin::NAME => Ok(Arc::new(spamassassin::SpamAssassin::new(
+        ModuleName::SpamAssassin => Ok(Arc::new(spamassassin::SpamAssassin::new(
             &config.spamassassin,
         ))),
-        clamav::NAME => Ok(Arc::new(clamav::Clamav::new(&config.clamav))),
-        greylisting::NAME => Ok(Arc::new(greylisting::Greylisting::new(config).map_err(
+        ModuleName::Clamav => Ok(Arc::new(clamav::Clamav::new(&config.clamav))),
+        ModuleName::Greylisting => Ok(Arc::new(greylisting::Greylisting::new(config).map_err(
             |source| BuildError::Client {
                 module: greylisting::NAME,
                 source,
             },
         )?)),
-        other => Err(BuildError::Unknown(other.to_owned())),
+        ModuleName::Unknown(other) => Err(BuildError::Unknown(other)),
     }
 }
 

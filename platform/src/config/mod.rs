@@ -41,7 +41,7 @@ pub use modules::{
 
 /// The modules a check worker can serve and the gateway can ask. Group membership and
 /// `--modules` are checked against this list.
-pub const KNOWN_MODULES: &[&str] = &["quotas", "rspamd", "spamassassin", "clamav", "greylisting"];
+pub const KNOWN_MODULES: &[&str] = &wire::ModuleName::KNOWN_NAMES;
 
 /// Everything in the file.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -35,18 +35,17 @@ pub mod import;
 pub mod store;
 pub mod window;
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use platform::config::{Config, QuotasConfig};
-use serde::Serialize;
 use serde_json::json;
 use wire::{Action, AuditEvent, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
 
 use crate::module::{Module, ModuleError};
 
+// the selectors are shared with the auditor's quota page, so they are `platform`'s
+pub use platform::quotas::Selector;
 pub use store::{CheckOutcome, QuotaStore, QuotaUsage};
 pub use window::PeriodUsage;
 
@@ -56,69 +55,6 @@ pub const NAME: &str = "quotas";
 pub const EXCEEDED_SCORE: f64 = 100.0;
 /// The score of a message within its quotas.
 pub const PERMIT_SCORE: f64 = 1.0;
-
-/// A factor of a message: ClueGetter's `quota.selector` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Selector {
-    ClientAddress,
-    Sender,
-    SenderDomain,
-    /// Loaded from ClueGetter's rows, never counted by this build.
-    SenderSld,
-    SaslUsername,
-    Recipient,
-    RecipientDomain,
-    /// Loaded from ClueGetter's rows, never counted by this build.
-    RecipientSld,
-}
-
-impl Selector {
-    pub const ALL: [Selector; 8] = [
-        Selector::ClientAddress,
-        Selector::Sender,
-        Selector::SenderDomain,
-        Selector::SenderSld,
-        Selector::SaslUsername,
-        Selector::Recipient,
-        Selector::RecipientDomain,
-        Selector::RecipientSld,
-    ];
-
-    /// The name in `quota.selector`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Selector::ClientAddress => "client_address",
-            Selector::Sender => "sender",
-            Selector::SenderDomain => "sender_domain",
-            Selector::SenderSld => "sender_sld",
-            Selector::SaslUsername => "sasl_username",
-            Selector::Recipient => "recipient",
-            Selector::RecipientDomain => "recipient_domain",
-            Selector::RecipientSld => "recipient_sld",
-        }
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Selector {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Selector::ALL
-            .into_iter()
-            .find(|selector| selector.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                let known: Vec<&str> = Selector::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown selector `{s}` (known: {})", known.join(", "))
-            })
-    }
-}
 
 /// One factor value of a message and the units it costs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,249 @@
+//! The message search: `/messages` (page) and `/api/v1/messages` (JSON), one query for both.
+//!
+//! By concern: [`params`] is the query string as typed (bookmarkable, the page's links),
+//! [`filter`] validates it into the store's `MessageQuery` (each refused parameter named in a
+//! 400), `store::read::search` builds the SQL from static fragments with every value bound;
+//! this file runs it and renders the rows. Each filter matches an index (0001, 0005), and the
+//! date range (default: the last 24 h) bounds every scan.
+
+pub mod filter;
+pub mod params;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use self::params::SearchParams;
+use super::auth::Identity;
+use super::error::WebError;
+use super::format::{address, fmt_date};
+use super::nav::Nav;
+use super::params::Params;
+use super::state::AppState;
+use crate::store::read::search::{self as read, MessageQuery};
+
+/// One message in a result list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MessageSummary {
+    /// The message UUID.
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub date: String,
+    pub queue_id: String,
+    pub mta_hostname: String,
+    pub sender: String,
+    pub subject: String,
+    pub verdict: String,
+    pub applied: String,
+    pub rcpt_count: u32,
+    pub body_size: u64,
+    pub reject_score: f64,
+    pub client_ip: String,
+    pub sasl_username: String,
+    pub instance: String,
+}
+
+/// One page of results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResult {
+    pub messages: Vec<MessageSummary>,
+    pub page: u32,
+    pub per_page: u32,
+    pub has_more: bool,
+    pub from: String,
+    pub to: String,
+}
+
+/// The page `query` asks for.
+///
+/// # Errors
+/// The database failed.
+pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult, WebError> {
+    let rows = read::messages(&state.pool, query).await?;
+    let has_more = rows.len() > query.per_page as usize;
+    let messages = rows
+        .into_iter()
+        .take(query.per_page as usize)
+        .map(|row| MessageSummary {
+            id: row.id.hyphenated().to_string(),
+            date: fmt_date(row.date),
+            queue_id: row.queue_id,
+            mta_hostname: row.mta_hostname,
+            sender: address(&row.sender_local, &row.sender_domain),
+            subject: row.subject,
+            verdict: row.verdict,
+            applied: row.applied,
+            rcpt_count: row.rcpt_count,
+            body_size: row.body_size,
+            reject_score: row.reject_score,
+            client_ip: row.ip,
+            sasl_username: row.sasl_username,
+            instance: row.instance,
+        })
+        .collect();
+    Ok(SearchResult {
+        messages,
+        page: query.page,
+        per_page: query.per_page,
+        has_more,
+        from: query.from.to_rfc3339(),
+        to: query.to.to_rfc3339(),
+    })
+}
+
+/// `GET /api/v1/messages`
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    operation_id = "searchMessages",
+    summary = "Search messages (newest first by default).",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "One page of messages.", body = SearchResult),
+        (status = 400, description = "A parameter cannot be understood, or the route has no such parameter (the text says which)."),
+        (status = 401, description = "No valid session cookie or bearer token."),
+    ),
+)]
+pub async fn api(
+    State(state): State<AppState>,
+    Params(params): Params<SearchParams>,
+) -> Result<Json<SearchResult>, WebError> {
+    let query = filter::parse(&params)?;
+    Ok(Json(run(&state, &query).await?))
+}
+
+/// A column heading that sorts by it (again: the other way).
+pub struct SortLink {
+    pub label: &'static str,
+    pub href: String,
+    pub marker: &'static str,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "search.html")]
+pub struct SearchTemplate {
+    pub nav: Nav,
+    pub q: SearchParams,
+    pub verdicts: Vec<&'static str>,
+    /// Suggestions for the module filter.
+    pub modules: Vec<&'static str>,
+    pub error: String,
+    pub result: Option<SearchResult>,
+    pub sort_links: Vec<SortLink>,
+    pub prev_href: String,
+    pub next_href: String,
+    pub from_shown: String,
+    pub to_shown: String,
+}
+
+impl SearchTemplate {
+    /// The form alone, with why the search was refused.
+    fn refused(nav: Nav, q: SearchParams, error: String) -> Self {
+        Self {
+            nav,
+            q,
+            verdicts: filter::verdict_names(),
+            modules: filter::module_names(),
+            error,
+            result: None,
+            sort_links: Vec::new(),
+            prev_href: String::new(),
+            next_href: String::new(),
+            from_shown: String::new(),
+            to_shown: String::new(),
+        }
+    }
+}
+
+/// The result table's headings: the current sort marked, a click sorts by the column (again:
+/// the other way), back to the first page.
+fn sort_links(params: &SearchParams) -> Vec<SortLink> {
+    [
+        ("Date", "date"),
+        ("Queue id", "queue_id"),
+        ("Sender", "sender"),
+        ("Subject", "subject"),
+        ("Verdict", "verdict"),
+        ("Size", "size"),
+    ]
+    .into_iter()
+    .map(|(label, key)| {
+        let current = params.sort.trim() == key || (key == "date" && params.sort.trim().is_empty());
+        let ascending_now = params.dir.trim() == "asc";
+        SortLink {
+            label,
+            href: params.href(|p| {
+                p.sort = key.to_owned();
+                p.dir = if current && !ascending_now {
+                    "asc"
+                } else {
+                    "desc"
+                }
+                .to_owned();
+                p.page = String::new();
+            }),
+            marker: match (current, ascending_now) {
+                (false, _) => "",
+                (true, true) => " ▲",
+                (true, false) => " ▼",
+            },
+        }
+    })
+    .collect()
+}
+
+/// `GET /messages`
+pub async fn page(
+    State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    params: Result<Params<SearchParams>, WebError>,
+) -> Result<Response, WebError> {
+    let nav = Nav::new(&identity, "messages");
+    // a parameter the search does not have: the empty form, and why
+    let params = match params {
+        Ok(Params(params)) => params,
+        Err(WebError::BadRequest(error)) => {
+            let page = SearchTemplate::refused(nav, SearchParams::default(), error);
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+        Err(other) => return Err(other),
+    };
+    let query = match filter::parse(&params) {
+        Ok(query) => query,
+        Err(WebError::BadRequest(error)) => {
+            let page = SearchTemplate::refused(nav, params, error);
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+        Err(other) => return Err(other),
+    };
+    let result = run(&state, &query).await?;
+    let prev_href = if query.page > 1 {
+        params.href(|p| p.page = (query.page - 1).to_string())
+    } else {
+        String::new()
+    };
+    let next_href = if result.has_more {
+        params.href(|p| p.page = (query.page + 1).to_string())
+    } else {
+        String::new()
+    };
+    let page = SearchTemplate {
+        nav,
+        sort_links: sort_links(&params),
+        q: params,
+        verdicts: filter::verdict_names(),
+        modules: filter::module_names(),
+        error: String::new(),
+        from_shown: fmt_date(query.from),
+        to_shown: fmt_date(query.to),
+        result: Some(result),
+        prev_href,
+        next_href,
+    };
+    Ok(page.into_response())
+}

@@ -1,0 +1,29 @@
+//! What every handler shares ([`AppState`]): the archive's pool, the users and sessions, and
+//! the quota settings the quota page counts by.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::MySqlPool;
+
+use super::auth::Auth;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: MySqlPool,
+    pub auth: Arc<Auth>,
+    /// `[quotas] reservation-ttl`: older unsettled reservations no longer count.
+    pub reservation_ttl: Duration,
+}
+
+impl AppState {
+    /// From the whole configuration: `[auditor]`'s web keys and `[quotas] reservation-ttl`.
+    pub fn new(config: &platform::config::Config, pool: MySqlPool) -> Self {
+        Self {
+            pool,
+            auth: Arc::new(Auth::from_config(&config.auditor)),
+            reservation_ttl: config.quotas.reservation_ttl,
+        }
+    }
+}
