@@ -3,7 +3,7 @@
 # services cluegetter's tests talk to, on 127.0.0.1 only, without systemd.
 #
 #   start-peers.sh [--stop] SERVICE...
-#   SERVICE: rabbitmq mariadb postfix spamd rspamd clamd tools chromium cluster | all
+#   SERVICE: rabbitmq mariadb postfix spamd rspamd clamd postsrsd tools chromium cluster | all
 #
 #   rabbitmq  127.0.0.1:5672 guest/guest, vhosts $PEERS_RABBITMQ_VHOSTS, management API 127.0.0.1:15672
 #   mariadb   127.0.0.1:3306 root / empty password, databases $PEERS_MARIADB_DATABASES
@@ -11,6 +11,8 @@
 #   spamd     127.0.0.1:783
 #   rspamd    127.0.0.1:11333 (normal), 11332 (proxy, milter mode), 11334 (controller)
 #   clamd     127.0.0.1:3310, test-only signature DB with EICAR (no freshclam)
+#   postsrsd  postsrsd 1.x (install only; the SRS compatibility test runs its own instance on free
+#             loopback ports with its own secret; the package's own service is never started)
 #   tools     swaks miltertest python3-pika amqp-tools mmdb-bin libmaxmind-db-writer-perl curl docker-compose dnsmasq-base (install only)
 #   chromium  chromium chromium-driver (install only; the auditor's browser test runs chromedriver itself)
 #   cluster   rabbitmq-server mariadb-server mariadb-client galera-4 rsync iptables (install only;
@@ -534,6 +536,20 @@ start_tools() {
     say "tools: swaks miltertest python3-pika amqp-tools mmdb-bin libmaxmind-db-writer-perl curl docker-compose dnsmasq-base installed"
 }
 
+# ================================================================ postsrsd ==
+# Debian's PostSRSd (1.10 on bookworm): check-workers' SRS tests compare our addresses with its.
+# Install only, with the service's auto-start denied (deny_autostart): each test starts
+# `postsrsd -f PORT -r PORT -l 127.0.0.1 -s FILE -d DOMAIN` itself.
+start_postsrsd() {
+    install_pkgs postsrsd postsrsd || return 1
+    [ -x /usr/sbin/postsrsd ] || { err "postsrsd: /usr/sbin/postsrsd missing after install"; return 1; }
+    local version; version=$(/usr/sbin/postsrsd -v 2>/dev/null)
+    case $version in
+        1.*) say "postsrsd: $version installed (not started; tests run their own)" ;;
+        *) err "postsrsd: version '$version', the tests expect 1.x"; return 1 ;;
+    esac
+}
+
 # ================================================================ chromium ==
 start_chromium() {
     install_pkgs chromium chromium chromium-driver || return 1
@@ -590,16 +606,16 @@ SERVICES=()
 for a in "$@"; do
     case $a in
         all) SERVICES+=($ALL_SERVICES) ;;
-        rabbitmq|mariadb|postfix|spamd|rspamd|clamd|tools|chromium|cluster) SERVICES+=("$a") ;;
+        rabbitmq|mariadb|postfix|spamd|rspamd|clamd|postsrsd|tools|chromium|cluster) SERVICES+=("$a") ;;
         -h|--help) usage ;;
-        *) err "unknown service '$a' (known: $ALL_SERVICES tools chromium cluster all)"; exit 2 ;;
+        *) err "unknown service '$a' (known: $ALL_SERVICES postsrsd tools chromium cluster all)"; exit 2 ;;
     esac
 done
 
 FAILED=()
 for svc in "${SERVICES[@]}"; do
     if [ "$MODE" = stop ]; then
-        case $svc in tools|chromium|cluster) continue ;; esac
+        case $svc in tools|chromium|cluster|postsrsd) continue ;; esac
         stop_service "$svc" || FAILED+=("$svc")
         continue
     fi

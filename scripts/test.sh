@@ -2,8 +2,9 @@
 # scripts/test.sh — the one command that runs all of cluegetter's tests.
 #
 # Installs (from Debian's packages) and starts the real services the tests talk to, if they
-# are missing or down — RabbitMQ, MariaDB, Postfix, spamd, rspamd, clamd and the test tools
-# (swaks, miltertest, dnsmasq) and Chromium with chromedriver (the auditor's browser test) —
+# are missing or down — RabbitMQ, MariaDB, Postfix, spamd, rspamd, clamd, PostSRSd (installed
+# only), the test tools (swaks, miltertest, dnsmasq) and Chromium with chromedriver (the
+# auditor's browser test) —
 # then runs every test of the workspace. No test is skipped for a missing service: a service
 # that cannot be started fails this script.
 #
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"   # postfix, postconf, postqueue
 
-scripts/start-peers.sh rabbitmq mariadb postfix spamd rspamd clamd tools chromium
+scripts/start-peers.sh rabbitmq mariadb postfix spamd rspamd clamd postsrsd tools chromium
 cargo build --bins   # test-support/tests/faults runs the real milter-gateway and auditor
 
 if cargo nextest --version >/dev/null 2>&1; then

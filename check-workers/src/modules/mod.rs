@@ -13,6 +13,7 @@ pub mod greylisting;
 pub mod quotas;
 pub mod rspamd;
 pub mod spamassassin;
+pub mod srs;
 
 /// Builds the module `name` from its configuration section.
 ///

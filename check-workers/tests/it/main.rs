@@ -14,6 +14,8 @@
 //! - [`greylisting`]: greylisting with MariaDB (ClueGetter's flow, spec gap A.6, SPF whitelist
 //!   served by the test's own dnsmasq, retry window, auto-whitelist, two workers on one
 //!   triplet, MariaDB down, check latency).
+//! - [`srs`]: the SRS scheme against the real PostSRSd 1.x, both ways (its own `postsrsd`
+//!   per test; `scripts/start-peers.sh postsrsd`).
 //! - [`worker`]: the loop itself with stand-in modules (bad input, errors, timeouts, panics,
 //!   concurrency, shutdown, reconnecting).
 //!
@@ -27,4 +29,5 @@ mod harness;
 mod quotas;
 mod rspamd;
 mod spamassassin;
+mod srs;
 mod worker;
