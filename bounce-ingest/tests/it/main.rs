@@ -304,6 +304,11 @@ async fn submit_publishes_and_exits_0_and_exits_75_while_the_broker_is_away() {
     let (code, stderr) = submit(&raw, &[], &[("CLUEGETTER_BROKER__URL", &dead_broker_url())]).await;
     assert_eq!(code, 75, "EX_TEMPFAIL: Postfix keeps the report\n{stderr}");
     assert!(stderr.contains("cannot reach RabbitMQ"), "{stderr}");
+    // stderr is a pipe here, as for local(8): plain text, no colour codes
+    assert!(
+        !stderr.contains('\x1b'),
+        "ANSI escapes in a log that is not a terminal: {stderr:?}"
+    );
 }
 
 /// The alias pipe as it is naturally written (`submit --config FILE`, the flag after the
