@@ -19,10 +19,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use lapin::types::{AMQPValue, LongString};
 use lapin::{Channel, Connection};
 use platform::backoff::Backoff;
 use platform::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
@@ -31,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use wire::BounceEvent;
 use wire::contract::{self, WireError};
 
-use crate::consume::REASON_HEADER;
+use crate::consume::{REASON_HEADER, open_consumer};
 use crate::store;
 use crate::store::bounce::{BounceOutcome, BounceStore, Link};
 
@@ -111,31 +109,16 @@ async fn consume(
     max_backoff: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
     broker::declare_bounce_topology(connection)
         .await
         .context("cannot declare the bounce exchange and queues")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .context("cannot set the prefetch")?;
-    let tag = format!("cluegetter-auditor-bounces-{}", uuid::Uuid::now_v7());
-    let mut consumer = channel
-        .basic_consume(
-            BOUNCE_QUEUE.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("cannot consume {BOUNCE_QUEUE}"))?;
+    let (channel, mut consumer, tag) = open_consumer(
+        connection,
+        BOUNCE_QUEUE,
+        "cluegetter-auditor-bounces",
+        PREFETCH,
+    )
+    .await?;
     tracing::info!(queue = BOUNCE_QUEUE, "consuming bounce events");
     loop {
         let delivery = tokio::select! {

@@ -107,6 +107,39 @@ pub async fn run(
     Ok(())
 }
 
+/// A channel that consumes `queue` with at most `prefetch` deliveries unacked, and publishes
+/// (dead letters) with confirms; its consumer and the consumer's tag (`tag_prefix-<uuid>`).
+pub(crate) async fn open_consumer(
+    connection: &Connection,
+    queue: &str,
+    tag_prefix: &str,
+    prefetch: u16,
+) -> anyhow::Result<(Channel, Consumer, String)> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .context("cannot set the prefetch")?;
+    let tag = format!("{tag_prefix}-{}", uuid::Uuid::now_v7());
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume {queue}"))?;
+    Ok((channel, consumer, tag))
+}
+
 /// Consumes on one connection until shutdown (`Ok`) or a broker error (`Err`).
 async fn consume(
     connection: &Connection,
@@ -114,31 +147,16 @@ async fn consume(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
     broker::declare_audit_topology(connection)
         .await
         .context("cannot declare the audit exchange and queues")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
-    channel
-        .basic_qos(settings.prefetch(), BasicQosOptions::default())
-        .await
-        .context("cannot set the prefetch")?;
-    let consumer_tag = format!("cluegetter-auditor-{}", uuid::Uuid::now_v7());
-    let mut consumer = channel
-        .basic_consume(
-            AUDIT_QUEUE.into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("cannot consume {AUDIT_QUEUE}"))?;
+    let (channel, mut consumer, consumer_tag) = open_consumer(
+        connection,
+        AUDIT_QUEUE,
+        "cluegetter-auditor",
+        settings.prefetch(),
+    )
+    .await?;
     tracing::info!(
         queue = AUDIT_QUEUE,
         prefetch = settings.prefetch(),
