@@ -138,3 +138,37 @@ async fn an_unreachable_server_is_a_transient_error() {
     );
     assert!(error.is_transient());
 }
+
+/// Galera replicates row changes by primary key: a table without one replicates badly (full
+/// scans on every node) or not at all. Every table the schema creates has one, sqlx's own
+/// bookkeeping table included.
+#[tokio::test]
+async fn every_table_has_a_primary_key() {
+    let db = TestDb::migrated().await.unwrap();
+    let without: Vec<String> = sqlx::query_scalar(
+        "SELECT t.TABLE_NAME FROM information_schema.TABLES t \
+         WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_TYPE = 'BASE TABLE' \
+         AND NOT EXISTS (SELECT 1 FROM information_schema.TABLE_CONSTRAINTS c \
+                         WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME \
+                         AND c.CONSTRAINT_TYPE = 'PRIMARY KEY') \
+         ORDER BY t.TABLE_NAME",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        without.is_empty(),
+        "tables without a primary key: {without:?}"
+    );
+    let engines: Vec<(String, String)> = sqlx::query_as(
+        "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' AND ENGINE <> 'InnoDB'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        engines.is_empty(),
+        "Galera replicates InnoDB only: {engines:?}"
+    );
+}
