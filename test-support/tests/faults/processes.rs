@@ -76,7 +76,8 @@ pub fn binary(name: &str, sources: &[&str]) -> Result<PathBuf> {
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub dir: PathBuf,
-    pub broker_url: String,
+    /// `[broker] url`: one URL, or the nodes of a cluster in the order they are tried.
+    pub broker_urls: Vec<String>,
     pub database_url: String,
     pub milter_port: u16,
     pub gateway_metrics: u16,
@@ -84,6 +85,11 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The first broker URL (the only one of a single node).
+    pub fn broker_url(&self) -> &str {
+        self.broker_urls.first().map_or("", String::as_str)
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         self.dir.join("spool")
     }
@@ -94,10 +100,20 @@ impl Setup {
 
     /// Writes the configuration both processes read.
     pub fn write_config(&self) -> Result<()> {
+        let broker = match self.broker_urls.as_slice() {
+            [one] => format!("\"{one}\""),
+            urls => format!(
+                "[{}]",
+                urls.iter()
+                    .map(|url| format!("\"{url}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let text = format!(
             "instance = \"faults\"\n\
              [broker]\n\
-             url = \"{broker}\"\n\
+             url = {broker}\n\
              reconnect-max-backoff = \"500ms\"\n\
              [database]\n\
              url = \"{database}\"\n\
@@ -109,7 +125,6 @@ impl Setup {
              [auditor]\n\
              metrics-listen = \"127.0.0.1:{auditor_metrics}\"\n\
              archive-prune-interval = \"0s\"\n",
-            broker = self.broker_url,
             database = self.database_url,
             milter = self.milter_port,
             gateway_metrics = self.gateway_metrics,
