@@ -183,12 +183,13 @@ async fn drain(setup: &Setup, pool: &MySqlPool, sent: &[Sent]) -> Result<()> {
     Ok(())
 }
 
-/// "connected to RabbitMQ" lines of a process log.
+/// The supervisor's "connected to RabbitMQ" lines of a process log (the ones that name the
+/// node; the gateway's check dispatch logs one of its own without it).
 fn connections(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|line| line.contains(CONNECTED))
+        .filter(|line| line.contains(CONNECTED) && line.contains("@127.0.0."))
         .map(str::to_owned)
         .collect()
 }
