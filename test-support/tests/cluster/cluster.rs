@@ -72,7 +72,10 @@ impl Cluster {
             .position(|node| node == leader)
             .map(|i| i + 1)
             .with_context(|| {
-                format!("the leader of {queue} is {out:?}, not one of {:?}", self.nodes)
+                format!(
+                    "the leader of {queue} is {out:?}, not one of {:?}",
+                    self.nodes
+                )
             })
     }
 
@@ -124,10 +127,7 @@ impl Cluster {
             .output()
             .context("read cluster.env")?;
         if !output.status.success() {
-            bail!(
-                "cannot read {name} from {}/cluster.env",
-                self.dir.display()
-            );
+            bail!("cannot read {name} from {}/cluster.env", self.dir.display());
         }
         Ok(String::from_utf8_lossy(&output.stdout)
             .split_whitespace()

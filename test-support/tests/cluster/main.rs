@@ -102,7 +102,9 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
     let keep = failure.is_some() || !broken.is_empty();
     // the cluster stops here whatever happened (and on a panic, when `lab` is dropped)
     let stopping = std::time::Instant::now();
-    tokio::task::spawn_blocking(move || drop(lab)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(lab))
+        .await
+        .unwrap();
     report(&format!(
         "cluster tests took {:.1} s (stopping the cluster {:.1} s)",
         started.elapsed().as_secs_f64(),

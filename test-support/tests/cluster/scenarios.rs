@@ -259,7 +259,9 @@ async fn killed_node_run(
             prefix: prefix.to_owned(),
         },
     );
-    drive.wait_done((MESSAGES as f64 * KILL_AT) as usize).await?;
+    drive
+        .wait_done((MESSAGES as f64 * KILL_AT) as usize)
+        .await?;
     let (node, why) = victim(lab).await?;
     let gone = host_port(&setup.broker_urls[node - 1]);
     let (gateway_on_1, auditor_on_1) = (on_node1(&gateway_log), on_node1(&auditor_log));
@@ -268,12 +270,32 @@ async fn killed_node_run(
          node {node} ({gone}, {why}) {:.1} s into the load",
         MESSAGES as f64 * KILL_AT / RATE
     )];
-    let (gateway_before, auditor_before) =
-        (connections(&gateway_log).len(), connections(&auditor_log).len());
+    let (gateway_before, auditor_before) = (
+        connections(&gateway_log).len(),
+        connections(&auditor_log).len(),
+    );
     let killed = Instant::now();
     let spool_at_kill = spooled(&setup);
     lab.cluster(move |c| c.kill9(node)).await?;
     let mut failover = String::new();
+    if why.starts_with("leader") {
+        // the fault bites only if the queue gets a new leader on one of the other two
+        let ask = if node == 1 { 2 } else { 1 };
+        let end = Instant::now() + FAILOVER;
+        let leader = loop {
+            match lab.cluster(move |c| c.leader(ask, AUDIT_QUEUE)).await {
+                Ok(leader) if leader != node => break leader,
+                _ if Instant::now() >= end => {
+                    bail!("{AUDIT_QUEUE} has no leader but node {node} {FAILOVER:?} after the kill")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        failover = format!(
+            "node {leader} leads {AUDIT_QUEUE} {:.1} s after the kill",
+            killed.elapsed().as_secs_f64()
+        );
+    }
     if node == 1 {
         // every connection was on the killed node: each must move to another
         let (g, a) = tokio::try_join!(
@@ -281,7 +303,8 @@ async fn killed_node_run(
             reconnected(&auditor_log, auditor_before, auditor_on_1.max(1), &gone),
         )?;
         failover = format!(
-            "failover: gateway on another node {:.1} s after the kill, auditor {:.1} s",
+            "{failover}{}failover: gateway on another node {:.1} s after the kill, auditor {:.1} s",
+            if failover.is_empty() { "" } else { "; " },
             g.as_secs_f64(),
             a.as_secs_f64()
         );
@@ -302,8 +325,10 @@ async fn killed_node_run(
     drain(&setup, &db.pool, &sent).await?;
     let mut books = account::account(name, &db.pool, &sent).await?;
     notes.push(answers_note(&sent, killed, spool_at_kill, &failover));
-    let (gateway_after, auditor_after) =
-        (connections(&gateway_log).len(), connections(&auditor_log).len());
+    let (gateway_after, auditor_after) = (
+        connections(&gateway_log).len(),
+        connections(&auditor_log).len(),
+    );
     notes.push(format!(
         "broker connections made after the kill: gateway {}, auditor {}",
         gateway_after - gateway_before,
