@@ -71,6 +71,7 @@ impl Lab {
             milter_port: free_port()?,
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
+            auditor_web: free_port()?,
         };
         setup.write_config()?;
         Ok((setup, db))
@@ -209,7 +210,7 @@ async fn reconnected(log: &Path, before: usize, want: usize, gone: &str) -> Resu
         }
         if begun.elapsed() >= FAILOVER {
             bail!(
-                "{}: only {} new broker connections {FAILOVER:?} after the kill: {new:?}",
+                "{}: only {} new broker connections within {FAILOVER:?}: {new:?}",
                 log.display(),
                 new.len()
             );
@@ -249,6 +250,13 @@ async fn killed_node_run(
             .filter(|line| line.contains(&host_port(&setup.broker_urls[0])))
             .count()
     };
+    // both connected before the load (an auditor that could not start shows here)
+    let (gateway_up, auditor_up) = tokio::join!(
+        reconnected(&gateway_log, 0, 2, "no node"),
+        reconnected(&auditor_log, 0, 1, "no node"),
+    );
+    gateway_up.context("the gateway's connections before the load")?;
+    auditor_up.context("the auditor's connection before the load")?;
     let drive = Drive::start(
         SocketAddr::from(([127, 0, 0, 1], setup.milter_port)),
         Load {

@@ -82,6 +82,9 @@ pub struct Setup {
     pub milter_port: u16,
     pub gateway_metrics: u16,
     pub auditor_metrics: u16,
+    /// `[auditor] web-listen`: a port of its own, so that auditors of tests running side by
+    /// side do not fight over the default one.
+    pub auditor_web: u16,
 }
 
 impl Setup {
@@ -124,11 +127,13 @@ impl Setup {
              spool-dir = \"{spool}\"\n\
              [auditor]\n\
              metrics-listen = \"127.0.0.1:{auditor_metrics}\"\n\
+             web-listen = \"127.0.0.1:{auditor_web}\"\n\
              archive-prune-interval = \"0s\"\n",
             database = self.database_url,
             milter = self.milter_port,
             gateway_metrics = self.gateway_metrics,
             auditor_metrics = self.auditor_metrics,
+            auditor_web = self.auditor_web,
             spool = self.spool_dir().display(),
         );
         std::fs::create_dir_all(&self.dir)?;

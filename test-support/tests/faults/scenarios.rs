@@ -78,6 +78,7 @@ impl Lab {
             milter_port: free_port()?,
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
+            auditor_web: free_port()?,
         };
         setup.write_config()?;
         Ok(setup)
