@@ -3,8 +3,9 @@
 #
 # Installs (from Debian's packages) and starts the real services the tests talk to, if they
 # are missing or down — RabbitMQ, MariaDB, Postfix, spamd, rspamd, clamd, PostSRSd (installed
-# only), the test tools (swaks, miltertest, dnsmasq) and Chromium with chromedriver (the
-# auditor's browser test) —
+# only), the test tools (swaks, miltertest, dnsmasq), Chromium with chromedriver (the
+# auditor's browser test) and the cluster packages (galera-4, rsync, iptables: the cluster
+# fault test runs scripts/cluster.sh) —
 # then runs every test of the workspace. No test is skipped for a missing service: a service
 # that cannot be started fails this script.
 #
@@ -13,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"   # postfix, postconf, postqueue
 
-scripts/start-peers.sh rabbitmq mariadb postfix spamd rspamd clamd postsrsd tools chromium
-cargo build --bins   # test-support/tests/faults runs the real milter-gateway and auditor
+scripts/start-peers.sh rabbitmq mariadb postfix spamd rspamd clamd postsrsd tools chromium cluster
+cargo build --bins   # test-support/tests/faults and tests/cluster run the real milter-gateway and auditor
 
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --workspace --no-fail-fast "$@"

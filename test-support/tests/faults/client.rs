@@ -41,6 +41,9 @@ pub struct Sent {
     pub eom_sent: bool,
     /// The final reply to end of message: `continue`, `accept`, `tempfail`, or a reply code.
     pub reply: Option<String>,
+    /// When the final reply came (the cluster test times failovers with it).
+    #[allow(dead_code)]
+    pub answered_at: Option<Instant>,
 }
 
 impl Sent {
@@ -136,6 +139,7 @@ async fn connection_loop(
             uuid: None,
             eom_sent: false,
             reply: None,
+            answered_at: None,
         };
         if conn.is_none() {
             conn = Conn::open_with_retry(addr, n).await.ok();
@@ -348,6 +352,7 @@ impl Conn {
                 other => bail!("end of message answered with {other:?}"),
             }
         }
+        record.answered_at = Some(Instant::now());
         // Postfix ends every transaction with ABORT (no reply)
         self.framed.feed(Command::Abort).await?;
         Ok(())

@@ -76,14 +76,23 @@ pub fn binary(name: &str, sources: &[&str]) -> Result<PathBuf> {
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub dir: PathBuf,
-    pub broker_url: String,
+    /// `[broker] url`: one URL, or the nodes of a cluster in the order they are tried.
+    pub broker_urls: Vec<String>,
     pub database_url: String,
     pub milter_port: u16,
     pub gateway_metrics: u16,
     pub auditor_metrics: u16,
+    /// `[auditor] web-listen`: a port of its own, so that auditors of tests running side by
+    /// side do not fight over the default one.
+    pub auditor_web: u16,
 }
 
 impl Setup {
+    /// The first broker URL (the only one of a single node).
+    pub fn broker_url(&self) -> &str {
+        self.broker_urls.first().map_or("", String::as_str)
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         self.dir.join("spool")
     }
@@ -94,10 +103,20 @@ impl Setup {
 
     /// Writes the configuration both processes read.
     pub fn write_config(&self) -> Result<()> {
+        let broker = match self.broker_urls.as_slice() {
+            [one] => format!("\"{one}\""),
+            urls => format!(
+                "[{}]",
+                urls.iter()
+                    .map(|url| format!("\"{url}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let text = format!(
             "instance = \"faults\"\n\
              [broker]\n\
-             url = \"{broker}\"\n\
+             url = {broker}\n\
              reconnect-max-backoff = \"500ms\"\n\
              [database]\n\
              url = \"{database}\"\n\
@@ -108,12 +127,13 @@ impl Setup {
              spool-dir = \"{spool}\"\n\
              [auditor]\n\
              metrics-listen = \"127.0.0.1:{auditor_metrics}\"\n\
+             web-listen = \"127.0.0.1:{auditor_web}\"\n\
              archive-prune-interval = \"0s\"\n",
-            broker = self.broker_url,
             database = self.database_url,
             milter = self.milter_port,
             gateway_metrics = self.gateway_metrics,
             auditor_metrics = self.auditor_metrics,
+            auditor_web = self.auditor_web,
             spool = self.spool_dir().display(),
         );
         std::fs::create_dir_all(&self.dir)?;

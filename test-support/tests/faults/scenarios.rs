@@ -73,11 +73,12 @@ impl Lab {
         broker.close().await;
         let setup = Setup {
             dir: self.root.join(format!("{}-{name}", self.scenarios)),
-            broker_url: self.broker.url(),
+            broker_urls: vec![self.broker.url()],
             database_url: self.db.url(&database),
             milter_port: free_port()?,
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
+            auditor_web: free_port()?,
         };
         setup.write_config()?;
         Ok(setup)
@@ -164,7 +165,7 @@ fn spooled(setup: &Setup) -> usize {
 /// will show what is missing).
 async fn drain(setup: &Setup, sent: &[Sent]) -> Result<MySqlPool> {
     let pool = pool(setup).await?;
-    let broker = BrokerLink::open(&setup.broker_url).await?;
+    let broker = BrokerLink::open(setup.broker_url()).await?;
     let end = Instant::now() + DRAIN;
     let mut last = (usize::MAX, Instant::now());
     loop {
@@ -395,7 +396,7 @@ const AGAIN: usize = 50;
 pub async fn redelivery_and_replay(lab: &mut Lab) -> Result<Accounting> {
     let name = "redelivered-replayed";
     let setup = lab.setup(name).await?;
-    let link = BrokerLink::open(&setup.broker_url).await?;
+    let link = BrokerLink::open(setup.broker_url()).await?;
     link.channel
         .queue_declare(
             TAP_QUEUE.into(),

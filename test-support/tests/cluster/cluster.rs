@@ -1,0 +1,145 @@
+//! `scripts/cluster.sh` from the test: start (fresh) in a directory of the test's own, stop
+//! when dropped (also when the test fails or panics), kill and restart RabbitMQ nodes, and ask
+//! the cluster which node leads a quorum queue.
+//!
+//! Every call blocks until the script is done (start takes ~45 s, restart until the node is
+//! back in the cluster): call them from `spawn_blocking`, so the load keeps going meanwhile.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+pub struct Cluster {
+    dir: PathBuf,
+    broker_urls: Vec<String>,
+    /// Erlang node names (`cgN@127.0.0.(N+1)`), node 1 first.
+    nodes: Vec<String>,
+}
+
+impl Cluster {
+    /// `cluster.sh start DIR`; stops what it started if it fails.
+    pub fn start(dir: PathBuf) -> Result<Self> {
+        let mut cluster = Self {
+            dir,
+            broker_urls: Vec::new(),
+            nodes: Vec::new(),
+        };
+        cluster.script(&["start"], &[])?;
+        cluster.broker_urls = cluster.env_list("BROKER_URLS")?;
+        cluster.nodes = cluster.env_list("RABBIT_NODES")?;
+        if cluster.broker_urls.len() != 3 || cluster.nodes.len() != 3 {
+            bail!(
+                "cluster.env lists {:?} and {:?}, not three nodes each",
+                cluster.broker_urls,
+                cluster.nodes
+            );
+        }
+        Ok(cluster)
+    }
+
+    /// `[broker] url` of the cluster, node 1 first.
+    pub fn broker_urls(&self) -> &[String] {
+        &self.broker_urls
+    }
+
+    /// `cluster.sh kill9 DIR rabbit N`.
+    pub fn kill9(&self, node: usize) -> Result<()> {
+        self.script(&["kill9"], &["rabbit", &node.to_string()])
+            .map(drop)
+    }
+
+    /// `cluster.sh restart DIR rabbit N`: back once the node has rejoined.
+    pub fn restart(&self, node: usize) -> Result<()> {
+        self.script(&["restart"], &["rabbit", &node.to_string()])
+            .map(drop)
+    }
+
+    /// The node (1..3) that leads quorum queue `queue` (on vhost `/`), asked of node `ask`'s
+    /// Ra member of the queue. Not `list_queues name leader`: after a node was killed and
+    /// restarted it sometimes times out (60 s, "Some queue(s) are unresponsive") on a queue
+    /// that works.
+    pub fn leader(&self, ask: usize, queue: &str) -> Result<usize> {
+        // the Ra cluster of a quorum queue is named `<vhost, percent-encoded>_<queue>`
+        let expression = format!(
+            "case ra:members({{'%2F_{queue}', node()}}) of \
+             {{ok, _, {{_, Leader}}}} -> Leader; Other -> Other end."
+        );
+        let out = self.script(&["rabbitmqctl"], &[&ask.to_string(), "eval", &expression])?;
+        let leader = out.trim().trim_matches('\'');
+        self.nodes
+            .iter()
+            .position(|node| node == leader)
+            .map(|i| i + 1)
+            .with_context(|| {
+                format!(
+                    "the leader of {queue} is {out:?}, not one of {:?}",
+                    self.nodes
+                )
+            })
+    }
+
+    /// `cluster.sh COMMAND DIR ARGS...`; its output goes to `DIR/../cluster.log` too.
+    fn script(&self, command: &[&str], args: &[&str]) -> Result<String> {
+        let script = test_support::repo_root().join("scripts/cluster.sh");
+        let output = Command::new(&script)
+            .args(command)
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run {}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if let Some(parent) = self.dir.parent() {
+            use std::io::Write as _;
+            if let Ok(mut log) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(parent.join("cluster.log"))
+            {
+                let _ = writeln!(
+                    log,
+                    "$ cluster.sh {} DIR {}\n{stdout}{stderr}",
+                    command.join(" "),
+                    args.join(" ")
+                );
+            }
+        }
+        if !output.status.success() {
+            bail!(
+                "cluster.sh {} {} failed ({}):\n{stdout}{stderr}",
+                command.join(" "),
+                args.join(" "),
+                output.status
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// A space-separated list from `DIR/cluster.env` (sh syntax: sourced by bash).
+    fn env_list(&self, name: &str) -> Result<Vec<String>> {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!(". \"$1/cluster.env\" && printf '%s' \"${name}\""))
+            .arg("bash")
+            .arg(&self.dir)
+            .output()
+            .context("read cluster.env")?;
+        if !output.status.success() {
+            bail!("cannot read {name} from {}/cluster.env", self.dir.display());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(error) = self.script(&["stop"], &[]) {
+            eprintln!("cluster.sh stop: {error:#}");
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The cluster scenarios: a load at the real gateway with the real auditor behind it, both on
+//! the three-node broker; a node `kill -9`ed mid-run and started again; drain; the books.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use lapin::options::{QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use platform::broker::{AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
+use sqlx::MySqlPool;
+use test_support::TestDb;
+use tokio::time::Instant;
+
+use crate::account::{self, Accounting};
+use crate::client::{Drive, Load, Sent};
+use crate::cluster::Cluster;
+use crate::processes::{Kind, Process, Setup};
+use crate::services::free_port;
+
+/// Messages per scenario, and how fast they come (slower than the single-node test: the
+/// failover should happen while the load goes on).
+const MESSAGES: usize = 3000;
+const RATE: f64 = 150.0;
+const CONNECTIONS: usize = 20;
+/// When in the load the node is killed.
+const KILL_AT: f64 = 0.3;
+/// Longest wait for the processes to be connected to another node after the kill.
+const FAILOVER: Duration = Duration::from_secs(90);
+/// Longest wait for the pipeline to drain after the load.
+const DRAIN: Duration = Duration::from_secs(180);
+/// What the processes log when they have a broker connection (platform::broker::Supervisor).
+const CONNECTED: &str = "connected to RabbitMQ";
+
+/// The cluster and the directory everything lives in.
+pub struct Lab {
+    root: PathBuf,
+    cluster: Arc<Cluster>,
+    scenarios: usize,
+}
+
+impl Lab {
+    pub fn new(root: PathBuf, cluster: Cluster) -> Self {
+        Self {
+            root,
+            cluster: Arc::new(cluster),
+            scenarios: 0,
+        }
+    }
+
+    /// A directory, a fresh database and ports for the next scenario; the audit queues
+    /// declared and emptied.
+    async fn setup(&mut self, name: &str) -> Result<(Setup, TestDb)> {
+        self.scenarios += 1;
+        let db = TestDb::empty().await?;
+        let broker = BrokerLink::open(self.cluster.broker_urls()).await?;
+        for queue in [AUDIT_QUEUE, AUDIT_DEAD_LETTER_QUEUE] {
+            broker
+                .channel
+                .queue_purge(queue.into(), QueuePurgeOptions::default())
+                .await?;
+        }
+        broker.close().await;
+        let setup = Setup {
+            dir: self.root.join(format!("{}-{name}", self.scenarios)),
+            broker_urls: self.cluster.broker_urls().to_vec(),
+            database_url: db.url.clone(),
+            milter_port: free_port()?,
+            gateway_metrics: free_port()?,
+            auditor_metrics: free_port()?,
+            auditor_web: free_port()?,
+        };
+        setup.write_config()?;
+        Ok((setup, db))
+    }
+
+    /// Runs a blocking `cluster.sh` call beside the load.
+    async fn cluster<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Cluster) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let cluster = self.cluster.clone();
+        tokio::task::spawn_blocking(move || call(&cluster)).await?
+    }
+}
+
+/// A connection to the first node that answers, for the test's own look at the queues.
+struct BrokerLink {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl BrokerLink {
+    async fn open(urls: &[String]) -> Result<Self> {
+        let mut last = None;
+        for url in urls {
+            let attempt = async {
+                let connection = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    platform::broker::connect(url, "cluster-test"),
+                )
+                .await
+                .context("no answer within 5 s")??;
+                platform::broker::declare_audit_topology(&connection).await?;
+                let channel = connection.create_channel().await?;
+                anyhow::Ok(Self {
+                    connection,
+                    channel,
+                })
+            };
+            match attempt.await {
+                Ok(link) => return Ok(link),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker URL")))
+            .context("no RabbitMQ node of the cluster answered")
+    }
+
+    async fn ready(&self, queue: &str) -> Result<u32> {
+        Ok(self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .message_count())
+    }
+
+    async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+fn spooled(setup: &Setup) -> usize {
+    milter_gateway::spool::inspect(&setup.spool_dir()).map_or(0, |events| events.len())
+}
+
+/// Waits until the spool and the archive queue are empty, every answered message has its row
+/// and the row count has stood still for two seconds (or [`DRAIN`] passed: the books will
+/// show what is missing). A broker error (a node that just died) only means "not yet".
+async fn drain(setup: &Setup, pool: &MySqlPool, sent: &[Sent]) -> Result<()> {
+    let end = Instant::now() + DRAIN;
+    let mut last = (usize::MAX, Instant::now());
+    let mut link: Option<BrokerLink> = None;
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM message")
+            .fetch_one(pool)
+            .await?;
+        let rows = usize::try_from(rows).unwrap_or(0);
+        if rows != last.0 {
+            last = (rows, Instant::now());
+        }
+        if link.is_none() {
+            link = BrokerLink::open(&setup.broker_urls).await.ok();
+        }
+        let queued = match &link {
+            Some(l) => l.ready(AUDIT_QUEUE).await.ok(),
+            None => None,
+        };
+        if queued.is_none() {
+            link = None;
+        }
+        let settled = spooled(setup) == 0
+            && queued == Some(0)
+            && account::missing(pool, sent).await? == 0
+            && last.1.elapsed() >= Duration::from_secs(2);
+        if settled || Instant::now() >= end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some(link) = link {
+        link.close().await;
+    }
+    Ok(())
+}
+
+/// The supervisor's "connected to RabbitMQ" lines of a process log (the ones that name the
+/// node; the gateway's check dispatch logs one of its own without it).
+fn connections(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(CONNECTED) && line.contains("@127.0.0."))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the log has `want` more "connected" lines than `before`, none of them to
+/// `gone` (the killed node's address); how long that took.
+async fn reconnected(log: &Path, before: usize, want: usize, gone: &str) -> Result<Duration> {
+    let begun = Instant::now();
+    loop {
+        let lines = connections(log);
+        let new = lines.get(before..).unwrap_or_default();
+        if new.iter().any(|line| line.contains(gone)) {
+            bail!("{} reconnected to the killed node: {new:?}", log.display());
+        }
+        if new.len() >= want {
+            return Ok(begun.elapsed());
+        }
+        if begun.elapsed() >= FAILOVER {
+            bail!(
+                "{}: only {} new broker connections within {FAILOVER:?}: {new:?}",
+                log.display(),
+                new.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The host part of node `n`'s URL, as the processes log it (`127.0.0.(n+1):port`).
+fn host_port(url: &str) -> String {
+    url.rsplit_once('@')
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs the load with both processes on the cluster, kills node `victim(lab)` once
+/// [`KILL_AT`] of it is done, measures the failover, restarts the node, drains, and does the
+/// books.
+async fn killed_node_run(
+    lab: &mut Lab,
+    name: &str,
+    prefix: &str,
+    victim: impl AsyncFnOnce(&Lab) -> Result<(usize, String)>,
+) -> Result<Accounting> {
+    let (setup, db) = lab.setup(name).await?;
+    let mut auditor = Process::start(Kind::Auditor, &setup).await?;
+    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
+    let (gateway_log, auditor_log) = (setup.dir.join("gateway.log"), setup.dir.join("auditor.log"));
+    // the gateway connects twice (audit publisher, check dispatch), the auditor twice
+    // (archive consumer, bounces)
+    let on_node1 = |log: &Path| {
+        connections(log)
+            .iter()
+            .filter(|line| line.contains(&host_port(&setup.broker_urls[0])))
+            .count()
+    };
+    // both connected before the load (an auditor that could not start shows here); the
+    // gateway's audit publisher connects with the first event
+    let (gateway_up, auditor_up) = tokio::join!(
+        reconnected(&gateway_log, 0, 1, "no node"),
+        reconnected(&auditor_log, 0, 1, "no node"),
+    );
+    gateway_up.context("the gateway's connections before the load")?;
+    auditor_up.context("the auditor's connection before the load")?;
+    let drive = Drive::start(
+        SocketAddr::from(([127, 0, 0, 1], setup.milter_port)),
+        Load {
+            messages: MESSAGES,
+            connections: CONNECTIONS,
+            rate: RATE,
+            per_session: 5,
+            prefix: prefix.to_owned(),
+        },
+    );
+    drive
+        .wait_done((MESSAGES as f64 * KILL_AT) as usize)
+        .await?;
+    let (node, why) = victim(lab).await?;
+    let gone = host_port(&setup.broker_urls[node - 1]);
+    let (gateway_on_1, auditor_on_1) = (on_node1(&gateway_log), on_node1(&auditor_log));
+    let mut notes = vec![format!(
+        "gateway has {gateway_on_1} and auditor {auditor_on_1} connections on node 1; killing \
+         node {node} ({gone}, {why}) {:.1} s into the load",
+        MESSAGES as f64 * KILL_AT / RATE
+    )];
+    let (gateway_before, auditor_before) = (
+        connections(&gateway_log).len(),
+        connections(&auditor_log).len(),
+    );
+    let killed = Instant::now();
+    let spool_at_kill = spooled(&setup);
+    lab.cluster(move |c| c.kill9(node)).await?;
+    let mut failover = String::new();
+    if why.starts_with("leader") {
+        // the fault bites only if the queue gets a new leader on one of the other two
+        let ask = if node == 1 { 2 } else { 1 };
+        let end = Instant::now() + FAILOVER;
+        let leader = loop {
+            match lab.cluster(move |c| c.leader(ask, AUDIT_QUEUE)).await {
+                Ok(leader) if leader != node => break leader,
+                _ if Instant::now() >= end => {
+                    bail!("{AUDIT_QUEUE} has no leader but node {node} {FAILOVER:?} after the kill")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        failover = format!(
+            "node {leader} leads {AUDIT_QUEUE} {:.1} s after the kill",
+            killed.elapsed().as_secs_f64()
+        );
+    }
+    if node == 1 {
+        // every connection was on the killed node: each must move to another
+        let (g, a) = tokio::try_join!(
+            reconnected(&gateway_log, gateway_before, gateway_on_1.max(1), &gone),
+            reconnected(&auditor_log, auditor_before, auditor_on_1.max(1), &gone),
+        )?;
+        failover = format!(
+            "{failover}{}failover: gateway on another node {:.1} s after the kill, auditor {:.1} s",
+            if failover.is_empty() { "" } else { "; " },
+            g.as_secs_f64(),
+            a.as_secs_f64()
+        );
+    }
+    // the node comes back while the load goes on (or after it)
+    let restart = tokio::spawn({
+        let cluster = lab.cluster.clone();
+        async move { tokio::task::spawn_blocking(move || cluster.restart(node)).await? }
+    });
+    let sent = drive.finish().await;
+    let restart_wait = Instant::now();
+    restart.await??;
+    notes.push(format!(
+        "node {node} back in the cluster {:.1} s after the kill ({:.1} s after the load)",
+        killed.elapsed().as_secs_f64(),
+        restart_wait.elapsed().as_secs_f64()
+    ));
+    drain(&setup, &db.pool, &sent).await?;
+    let mut books = account::account(name, &db.pool, &sent).await?;
+    notes.push(answers_note(&sent, killed, spool_at_kill, &failover));
+    let (gateway_after, auditor_after) = (
+        connections(&gateway_log).len(),
+        connections(&auditor_log).len(),
+    );
+    notes.push(format!(
+        "broker connections made after the kill: gateway {}, auditor {}",
+        gateway_after - gateway_before,
+        auditor_after - auditor_before
+    ));
+    books.notes = notes;
+    books.notes.push(metrics_note(&gateway, &auditor));
+    gateway.stop().await;
+    auditor.stop().await;
+    Ok(books)
+}
+
+/// Tempfails, and the longest time without an answer after the kill.
+fn answers_note(sent: &[Sent], killed: Instant, spool_at_kill: usize, failover: &str) -> String {
+    let tempfailed = sent
+        .iter()
+        .filter(|s| s.reply.as_deref() == Some("tempfail"))
+        .count();
+    let tempfailed_after = sent
+        .iter()
+        .filter(|s| s.reply.as_deref() == Some("tempfail"))
+        .filter(|s| s.answered_at.is_some_and(|at| at >= killed))
+        .count();
+    let mut times: Vec<Instant> = sent.iter().filter_map(|s| s.answered_at).collect();
+    times.sort();
+    let first_permit = sent
+        .iter()
+        .filter(|s| matches!(s.reply.as_deref(), Some("continue" | "accept")))
+        .filter_map(|s| s.answered_at)
+        .filter(|at| *at >= killed)
+        .min()
+        .map_or(-1.0, |at| (at - killed).as_secs_f64());
+    let mut gap = Duration::ZERO;
+    let mut previous = killed;
+    for at in times.iter().filter(|at| **at >= killed) {
+        gap = gap.max(*at - previous);
+        previous = *at;
+    }
+    format!(
+        "{failover}{}tempfailed {tempfailed} ({tempfailed_after} after the kill); first permit \
+         {first_permit:.2} s after the kill; longest pause in answers after it {:.2} s; \
+         {spool_at_kill} events in the spool at the kill",
+        if failover.is_empty() { "" } else { "; " },
+        gap.as_secs_f64()
+    )
+}
+
+fn metrics_note(gateway: &Process, auditor: &Process) -> String {
+    let g = |name: &str| gateway.metric(name).unwrap_or(-1.0);
+    let a = |name: &str| auditor.metric(name).unwrap_or(-1.0);
+    format!(
+        "last gateway: spooled {} published {} confirmed {} publish-retries {}; last auditor: \
+         committed {} duplicates-skipped {} batch-failures {}",
+        g("cluegetter_gateway_spooled_total"),
+        g("cluegetter_gateway_audit_published_total"),
+        g("cluegetter_gateway_audit_confirmed_total"),
+        g("cluegetter_gateway_audit_publish_retries_total"),
+        a("cluegetter_auditor_events_committed_total"),
+        a("cluegetter_auditor_duplicates_skipped_total"),
+        a("cluegetter_auditor_batch_failures_total"),
+    )
+}
+
+/// `kill -9` of node 1, the one every process connects to first: they all move on.
+pub async fn node_kill(lab: &mut Lab) -> Result<Accounting> {
+    killed_node_run(lab, "rabbit-node-kill9", "CNK", async |_| {
+        Ok((1, "where the processes are".to_owned()))
+    })
+    .await
+}
+
+/// `kill -9` of the node that leads the archive queue: a new leader is elected among the
+/// other two; the processes see channel errors and reconnect where needed.
+pub async fn leader_kill(lab: &mut Lab) -> Result<Accounting> {
+    killed_node_run(lab, "audit-leader-kill9", "CLK", async |lab| {
+        let leader = lab.cluster(|c| c.leader(2, AUDIT_QUEUE)).await?;
+        Ok((leader, format!("leader of {AUDIT_QUEUE}")))
+    })
+    .await
+}
