@@ -4,7 +4,7 @@
 //! again on the same port.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,7 +45,12 @@ impl TcpProxy {
 
     /// Closes every forwarded connection and the listener.
     pub fn cut(&self) {
-        if let Some(up) = self.up.lock().unwrap().take() {
+        if let Some(up) = self
+            .up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             up.cancel();
         }
     }
@@ -63,7 +68,12 @@ impl TcpProxy {
 
     fn serve(&self, listener: TcpListener) {
         let up = CancellationToken::new();
-        if let Some(old) = self.up.lock().unwrap().replace(up.clone()) {
+        if let Some(old) = self
+            .up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(up.clone())
+        {
             old.cancel();
         }
         let target = self.target;

@@ -95,29 +95,16 @@ struct BrokerLink {
 
 impl BrokerLink {
     async fn open(urls: &[String]) -> Result<Self> {
-        let mut last = None;
-        for url in urls {
-            let attempt = async {
-                let connection = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    platform::broker::connect(url, "cluster-test"),
-                )
-                .await
-                .context("no answer within 5 s")??;
-                platform::broker::declare_audit_topology(&connection).await?;
-                let channel = connection.create_channel().await?;
-                anyhow::Ok(Self {
-                    connection,
-                    channel,
-                })
-            };
-            match attempt.await {
-                Ok(link) => return Ok(link),
-                Err(error) => last = Some(error),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker URL")))
-            .context("no RabbitMQ node of the cluster answered")
+        let urls = platform::config::Urls::from(urls.to_vec());
+        let connection = platform::broker::connect_any(&urls, "cluster-test")
+            .await
+            .context("no RabbitMQ node of the cluster answered")?;
+        platform::broker::declare_audit_topology(&connection).await?;
+        let channel = connection.create_channel().await?;
+        Ok(Self {
+            connection,
+            channel,
+        })
     }
 
     async fn ready(&self, queue: &str) -> Result<u32> {
