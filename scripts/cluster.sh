@@ -458,10 +458,7 @@ print_lists() {
     out=""; for u in $BROKER_URLS; do out="$out${out:+, }\"$u\""; done; echo "url = [$out]"
     echo
     echo "[database]"
-    # one URL until failover between database nodes is built (a list is refused); the other
-    # nodes, for a proxy or for later:
-    out=""; for u in $DATABASE_URLS; do out="$out${out:+, }\"$u\""; done; echo "# all nodes: [$out]"
-    echo "url = \"${DATABASE_URLS%% *}\""
+    out=""; for u in $DATABASE_URLS; do out="$out${out:+, }\"$u\""; done; echo "url = [$out]"
 }
 
 # ------------------------------------------------------------------- commands ----

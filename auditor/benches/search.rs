@@ -155,7 +155,7 @@ fn main() {
             name: "bench".into(),
             sha256: auditor::web::auth::token_sha256_hex(TOKEN),
         });
-        let pool = auditor::store::connect_lazy(&db.url, 8).unwrap();
+        let pool = auditor::store::connect_lazy(&(&db.url).into(), 8).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -83,8 +83,7 @@ fn describe() {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     describe();
     // bounces are few: a small pool beside the audit consumer's
-    let pool =
-        store::connect_lazy(config.database.url.first(), 2).context("invalid database.url")?;
+    let pool = store::connect_lazy(&config.database.url, 2).context("invalid database.url")?;
     let store = BounceStore::new(pool);
     let max_backoff = config.broker.reconnect_max_backoff;
     let mut supervisor =

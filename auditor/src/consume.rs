@@ -32,7 +32,7 @@ use lapin::{Channel, Connection, Consumer};
 use platform::backoff::Backoff;
 use platform::broker::{self, AUDIT_DEAD_LETTER_QUEUE, AUDIT_QUEUE};
 use platform::config::Config;
-use sqlx::MySqlPool;
+use platform::database::Database;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::AuditEvent;
@@ -77,7 +77,7 @@ impl Settings {
 /// None so far: broker and database failures are retried for ever.
 pub async fn run(
     config: &Config,
-    pool: MySqlPool,
+    pool: Database,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     metrics::describe();

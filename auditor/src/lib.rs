@@ -45,7 +45,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
-    let pool = store::connect_lazy(config.database.url.first(), config.database.max_connections)
+    let pool = store::connect_lazy(&config.database.url, config.database.max_connections)
         .context("invalid database.url")?;
     let pruner = prune::Pruner::new(
         pool.clone(),

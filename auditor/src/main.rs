@@ -97,7 +97,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                         format!("cannot listen on web-listen {}", config.auditor.web_listen)
                     })?;
                 let pool = auditor::store::connect_lazy(
-                    config.database.url.first(),
+                    &config.database.url,
                     config.database.max_connections,
                 )
                 .context("invalid database.url")?;
@@ -169,7 +169,7 @@ async fn migrate_with_retry(config: &Config, shutdown: &CancellationToken) -> an
         config.broker.reconnect_max_backoff,
     );
     loop {
-        match auditor::migrate(config.database.url.first()).await {
+        match auditor::migrate(config.database.url.clone()).await {
             Ok(()) => return Ok(true),
             Err(error) if error.is_transient() => {
                 let delay = backoff.next_delay();

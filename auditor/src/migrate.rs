@@ -4,6 +4,8 @@
 //! one refuses it rather than write rows the newer schema may not expect. Migrations are applied
 //! under sqlx's lock (`GET_LOCK`), so auditors starting together apply each one once.
 
+use platform::config::Urls;
+use platform::database::is_connection_error;
 use sqlx::migrate::{MigrateDatabase as _, Migrator};
 use sqlx::mysql::{MySql, MySqlConnectOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
@@ -54,30 +56,41 @@ impl MigrateError {
     }
 }
 
-fn is_connection_error(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    )
-}
-
 /// The newest migration version this build has.
 pub fn latest_known() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// Creates the database if it is missing, then applies every migration of `schema/` it lacks.
-/// Applying is a no-op on an up-to-date database.
+/// Applying is a no-op on an up-to-date database. With a list of servers (a Galera cluster's
+/// nodes), the first that can be reached is migrated; Galera replicates the schema changes to
+/// the others (total order isolation). This is the only place that changes the schema: no
+/// other process creates or alters a table.
 ///
 /// # Errors
-/// The server is unreachable ([`MigrateError::is_transient`]), the database has a migration this
+/// No server is reachable ([`MigrateError::is_transient`]), the database has a migration this
 /// build does not know ([`MigrateError::SchemaNewer`]), or a migration fails.
-pub async fn migrate(database_url: &str) -> Result<(), MigrateError> {
+pub async fn migrate(urls: impl Into<Urls>) -> Result<(), MigrateError> {
+    let urls = urls.into();
+    let mut nodes = urls.as_slice().iter().peekable();
+    while let Some(url) = nodes.next() {
+        match migrate_one(url).await {
+            Err(error @ MigrateError::Unreachable { .. }) if nodes.peek().is_some() => {
+                tracing::warn!(
+                    error = %error,
+                    "cannot reach this database node; trying the next"
+                );
+            }
+            done => return done,
+        }
+    }
+    // `Urls` is never empty
+    Err(MigrateError::InvalidUrl(sqlx::Error::Configuration(
+        "no database URL".into(),
+    )))
+}
+
+async fn migrate_one(database_url: &str) -> Result<(), MigrateError> {
     let shown = platform::broker::redact(database_url);
     let unreachable = |source| MigrateError::Unreachable {
         url: shown.clone(),

@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use platform::config::Config;
-use sqlx::{AssertSqlSafe, MySql, MySqlPool, QueryBuilder, SqlSafeStr as _};
+use platform::database::Database;
+use sqlx::{AssertSqlSafe, MySql, QueryBuilder, SqlSafeStr as _};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -115,7 +116,7 @@ fn sql(table: &'static str) -> impl FnOnce(sqlx::Error) -> PruneError {
 /// Deletes one instance's old archive rows.
 #[derive(Clone, Debug)]
 pub struct Pruner {
-    pool: MySqlPool,
+    pool: Database,
     instance: String,
     retention: Retention,
     /// Rows one statement deletes at most (for messages, whose children go with them, a fifth).
@@ -133,9 +134,9 @@ pub const DEFAULT_PAUSE: Duration = Duration::from_millis(50);
 const CHILD_TABLES: [&str; 3] = ["message_body", "message_header", "message_result"];
 
 impl Pruner {
-    pub fn new(pool: MySqlPool, instance: &str, retention: Retention) -> Self {
+    pub fn new(pool: impl Into<Database>, instance: &str, retention: Retention) -> Self {
         Self {
-            pool,
+            pool: pool.into(),
             instance: instance.to_owned(),
             retention,
             batch: DEFAULT_BATCH,

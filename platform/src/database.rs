@@ -4,15 +4,23 @@
 //! READ COMMITTED (each statement sees what committed before it; no gap locks between
 //! concurrent writers).
 
-use std::sync::OnceLock;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::Executor as _;
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt as _, TryStreamExt as _};
+use sqlx::mysql::{
+    MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
+    MySqlQueryResult, MySqlRow, MySqlStatement, MySqlTypeInfo,
+};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection as _, Describe, Either, Execute, Executor, SqlStr, Transaction};
 
 use crate::backoff::Backoff;
-
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, Urls, redact};
 
 /// How a pool is sized and how long a caller waits for a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,57 +91,343 @@ pub fn pool_with(options: MySqlConnectOptions, settings: &PoolSettings) -> MySql
         .acquire_timeout(settings.acquire_timeout)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
-                conn.execute(
+                sqlx::Executor::execute(
+                    &mut *conn,
                     "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')",
                 )
                 .await?;
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .await?;
+                sqlx::Executor::execute(
+                    &mut *conn,
+                    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                )
+                .await?;
                 Ok(())
             })
         })
         .connect_lazy_with(options)
 }
 
-/// A pool made on first use, for stores built outside a runtime (a module is configured
-/// before the worker's runtime serves it).
-#[derive(Debug)]
-pub struct LazyPool {
-    options: MySqlConnectOptions,
+/// The one way a process reaches MariaDB: the nodes of `[database] url` (one server, or the
+/// nodes of a Galera cluster), a pool for each made on first use (so a store can be built
+/// outside a runtime, and a process starts while the database is down), and the node in use.
+///
+/// Statements run on the node in use: `&Database` is an [`sqlx::Executor`], and
+/// [`Database::begin`] and [`Database::acquire`] take a connection from that node's pool. When
+/// one of them fails in a way that says the node is gone or cannot serve
+/// ([`is_connection_error`]) and there is more than one node, a single probe (never two at
+/// once) tries the nodes in turn, starting after the one in use, and moves every later
+/// statement to the first that answers and is ready (Galera's `wsrep_ready`). The caller's
+/// statement still fails: callers already retry (the auditor with backoff, a module as an
+/// error result), and the retry runs on the new node. A statement that fails inside a
+/// transaction is not seen here; the next `begin` on the dead node is.
+///
+/// Cheap to clone: clones share the pools and the node in use.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
     settings: PoolSettings,
+    /// Index into `nodes` of the node statements go to.
+    current: AtomicUsize,
+    /// Whether a probe is running (at most one).
+    probing: AtomicBool,
+}
+
+struct Node {
+    /// The URL without its password, for logs.
+    shown: String,
+    options: MySqlConnectOptions,
     pool: OnceLock<MySqlPool>,
 }
 
-impl LazyPool {
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field(
+                "nodes",
+                &self
+                    .inner
+                    .nodes
+                    .iter()
+                    .map(|n| &n.shown)
+                    .collect::<Vec<_>>(),
+            )
+            .field("current", &self.current_node())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long the probe waits for one node to accept a connection and answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Database {
+    /// The nodes of `urls`, in the order they are tried; nothing connects yet.
+    ///
     /// # Errors
-    /// The URL cannot be parsed.
-    pub fn new(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            options: options(url)?,
-            settings,
-            pool: OnceLock::new(),
-        })
+    /// A URL cannot be parsed.
+    pub fn new(urls: &Urls, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        let nodes = urls
+            .as_slice()
+            .iter()
+            .map(|url| {
+                Ok(Node {
+                    shown: redact(url),
+                    options: options(url)?,
+                    pool: OnceLock::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Self::with_nodes(nodes, settings))
     }
 
-    /// The pool; made now if this is the first call (inside the runtime).
-    pub fn get(&self) -> &MySqlPool {
-        self.pool
-            .get_or_init(|| pool_with(self.options.clone(), &self.settings))
+    /// One node whose pool exists already (tests, benchmarks, one-shot commands).
+    pub fn from_pool(pool: MySqlPool) -> Self {
+        let options = pool.connect_options();
+        let node = Node {
+            shown: format!("{}:{}", options.get_host(), options.get_port()),
+            options: (*options).clone(),
+            pool: OnceLock::from(pool),
+        };
+        Self::with_nodes(vec![node], PoolSettings::new(1))
+    }
+
+    fn with_nodes(nodes: Vec<Node>, settings: PoolSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                nodes,
+                settings,
+                current: AtomicUsize::new(0),
+                probing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The pool of the node in use; made now if this is its first use (inside the runtime).
+    pub fn pool(&self) -> &MySqlPool {
+        let node = &self.inner.nodes[self.current_node()];
+        node.pool
+            .get_or_init(|| pool_with(node.options.clone(), &self.inner.settings))
+    }
+
+    /// Index (in `[database] url`) of the node in use.
+    pub fn current_node(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed) % self.inner.nodes.len().max(1)
+    }
+
+    /// The node in use, without its password, for logs.
+    pub fn current_shown(&self) -> &str {
+        &self.inner.nodes[self.current_node()].shown
+    }
+
+    /// Starts a transaction on the node in use.
+    ///
+    /// # Errors
+    /// No connection could be had (the node is then probed, see [`Database`]).
+    pub async fn begin(&self) -> Result<Transaction<'static, MySql>, sqlx::Error> {
+        let begun = self.pool().begin().await;
+        self.report(begun)
+    }
+
+    /// A connection of the node in use.
+    ///
+    /// # Errors
+    /// No connection could be had (the node is then probed, see [`Database`]).
+    pub async fn acquire(&self) -> Result<PoolConnection<MySql>, sqlx::Error> {
+        let acquired = self.pool().acquire().await;
+        self.report(acquired)
+    }
+
+    /// Closes every pool made so far, waiting for their connections to be returned.
+    pub async fn close(&self) {
+        for node in &self.inner.nodes {
+            if let Some(pool) = node.pool.get() {
+                pool.close().await;
+            }
+        }
+    }
+
+    /// Passes `outcome` through; a failure that says the node is gone starts a probe.
+    pub fn report<T>(&self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(error) = &outcome {
+            self.failed(error);
+        }
+        outcome
+    }
+
+    /// Tells the database that a statement on the node in use failed with `error`: a
+    /// connection error ([`is_connection_error`]) starts a probe when there is another node to
+    /// go to and no probe is running. Anything else is ignored.
+    pub fn failed(&self, error: &sqlx::Error) {
+        if self.inner.nodes.len() < 2 || !is_connection_error(error) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let from = self.current_node();
+        tracing::warn!(
+            %error,
+            node = %self.inner.nodes[from].shown,
+            "the database node in use failed; looking for one that answers"
+        );
+        let db = self.clone();
+        runtime.spawn(async move {
+            db.probe(from).await;
+            db.inner.probing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Tries the nodes in [`probe_order`] and moves to the first that is ready.
+    async fn probe(&self, from: usize) {
+        for index in probe_order(from, self.inner.nodes.len()) {
+            let node = &self.inner.nodes[index];
+            match tokio::time::timeout(PROBE_TIMEOUT, node_is_ready(&node.options)).await {
+                Ok(Ok(true)) => {
+                    self.inner.current.store(index, Ordering::Relaxed);
+                    if index == from {
+                        tracing::info!(node = %node.shown, "the database node in use answers again");
+                    } else {
+                        tracing::warn!(
+                            from = %self.inner.nodes[from].shown,
+                            to = %node.shown,
+                            "moved to another database node"
+                        );
+                    }
+                    return;
+                }
+                Ok(Ok(false)) => {
+                    tracing::info!(node = %node.shown, "database node answers but is not ready (wsrep_ready is OFF)");
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(node = %node.shown, %error, "database node does not answer");
+                }
+                Err(_) => {
+                    tracing::info!(node = %node.shown, timeout = ?PROBE_TIMEOUT, "database node did not answer in time");
+                }
+            }
+        }
+        tracing::warn!(
+            node = %self.inner.nodes[from].shown,
+            "no database node answers; staying on the one in use"
+        );
     }
 }
 
-/// Whether the error says the server could not be reached or the connection broke (worth
-/// retrying elsewhere or later), as opposed to a statement the server refused.
+/// The order in which a probe that starts from node `from` of `count` tries them: the nodes
+/// after it, wrapping round, and `from` itself last (a node that came back is good too).
+pub fn probe_order(from: usize, count: usize) -> impl Iterator<Item = usize> {
+    (1..=count).map(move |step| (from + step) % count)
+}
+
+/// Whether the server at `options` accepts a connection and can serve statements: a Galera
+/// node (`wsrep_on`) says so in `wsrep_ready` (OFF while it is not part of the primary
+/// component); a server without Galera (no `wsrep_on`, or OFF, where `wsrep_ready` is OFF
+/// too) is ready.
+async fn node_is_ready(options: &MySqlConnectOptions) -> Result<bool, sqlx::Error> {
+    let mut conn = MySqlConnection::connect_with(options).await?;
+    let galera: Option<(String, String)> = sqlx::query_as("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        .fetch_optional(&mut conn)
+        .await?;
+    if !galera.is_some_and(|(_, on)| is_on(&on)) {
+        return Ok(true);
+    }
+    let ready: Option<(String, String)> = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+        .fetch_optional(&mut conn)
+        .await?;
+    // closing politely is not worth waiting for
+    drop(conn);
+    Ok(ready.is_some_and(|(_, value)| is_on(&value)))
+}
+
+fn is_on(value: &str) -> bool {
+    value.eq_ignore_ascii_case("ON")
+}
+
+impl From<MySqlPool> for Database {
+    fn from(pool: MySqlPool) -> Self {
+        Self::from_pool(pool)
+    }
+}
+
+impl<'c> Executor<'c> for &'c Database {
+    type Database = MySql;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<MySqlQueryResult, MySqlRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, MySql>,
+    {
+        self.pool()
+            .fetch_many(query)
+            .inspect_err(move |error| self.failed(error))
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<MySqlRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, MySql>,
+    {
+        let fetched = self.pool().fetch_optional(query);
+        Box::pin(async move { self.report(fetched.await) })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [MySqlTypeInfo],
+    ) -> BoxFuture<'e, Result<MySqlStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let prepared = self.pool().prepare_with(sql, parameters);
+        Box::pin(async move { self.report(prepared.await) })
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<MySql>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool().describe(sql)
+    }
+}
+
+/// Whether the error says the server could not be reached, the connection broke, or the
+/// server cannot serve statements now (a Galera node outside the primary component answers
+/// 1047; one shutting down, 1053): worth retrying elsewhere or later, as opposed to a statement
+/// the server refused.
 pub fn is_connection_error(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    )
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), ER_UNKNOWN_COM_ERROR | ER_SERVER_SHUTDOWN)),
+        _ => false,
+    }
 }
+
+/// What a Galera node that is not in the primary component answers ("WSREP has not yet
+/// prepared node for application use").
+pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
+/// "Server shutdown in progress".
+pub const ER_SERVER_SHUTDOWN: u16 = 1053;
 
 /// MariaDB's "Deadlock found when trying to get lock": InnoDB chose this transaction as a
 /// deadlock victim, or (under Galera) another node's transaction certified first.
@@ -222,6 +516,20 @@ mod tests {
         let retries = ConflictRetries::new("test", 3);
         assert!(!retries.should_retry(&sqlx::Error::RowNotFound));
         assert!(!retries.should_retry(&sqlx::Error::PoolTimedOut));
+    }
+
+    #[test]
+    fn a_probe_tries_the_next_nodes_first_and_the_failed_one_last() {
+        assert_eq!(probe_order(0, 3).collect::<Vec<_>>(), [1, 2, 0]);
+        assert_eq!(probe_order(2, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(probe_order(0, 1).collect::<Vec<_>>(), [0]);
+        assert_eq!(probe_order(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn a_node_that_cannot_serve_is_a_connection_error_and_a_refused_value_is_not() {
+        assert!(is_connection_error(&sqlx::Error::PoolTimedOut));
+        assert!(!is_connection_error(&sqlx::Error::RowNotFound));
     }
 
     #[test]

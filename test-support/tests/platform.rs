@@ -17,7 +17,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use platform::broker::{self, Supervisor};
 use platform::config::Urls;
-use platform::database::{self, PoolSettings};
+use platform::database::{self, Database, PoolSettings};
 use test_support::TestBroker;
 use test_support::proxy::TcpProxy;
 use tokio_util::sync::CancellationToken;
@@ -188,6 +188,65 @@ async fn the_pool_waits_out_a_refusing_database_and_sets_up_every_connection() {
             .await
             .unwrap();
     assert_eq!(zone, "+00:00");
+}
+
+/// Two database nodes (two proxies in front of the one MariaDB): a statement that finds the node
+/// in use gone fails, the database probes and moves to the other, where the next statement
+/// runs; while no node answers it stays where it is; when the node in use goes again and the
+/// first is back, it moves back.
+#[tokio::test]
+async fn the_database_moves_to_the_next_node_that_answers_and_back() {
+    let one = TcpProxy::start(addr(MARIADB)).await.unwrap();
+    let two = TcpProxy::start(addr(MARIADB)).await.unwrap();
+    let url = |proxy: &TcpProxy| format!("mysql://root@127.0.0.1:{}/", proxy.port());
+    let urls = Urls::new(url(&one), [url(&two)]);
+    let settings = PoolSettings::new(2).acquire_timeout(Duration::from_secs(1));
+    let db = Database::new(&urls, settings).unwrap();
+    let select = async || {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&db)
+            .await
+    };
+    let on = |node: usize| {
+        let db = db.clone();
+        move || {
+            let db = db.clone();
+            async move { (db.current_node() == node).then_some(()) }
+        }
+    };
+    assert_eq!(select().await.unwrap(), 1);
+    assert_eq!(db.current_node(), 0);
+
+    one.cut();
+    let error = select().await.unwrap_err();
+    assert!(database::is_connection_error(&error), "{error:?}");
+    test_support::eventually(WAIT, "moved to node 2", on(1))
+        .await
+        .unwrap();
+    assert_eq!(select().await.unwrap(), 1, "runs on node 2");
+
+    // nothing answers: the probe finds no node and the database stays on node 2
+    two.cut();
+    assert!(select().await.is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(db.current_node(), 1);
+
+    // node 1 is back: a failed transaction start moves the database there
+    one.restore().await.unwrap();
+    let mut moved = false;
+    for _ in 0..50 {
+        match db.begin().await {
+            Ok(tx) => {
+                tx.rollback().await.unwrap();
+                moved = true;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert!(moved, "a transaction could be started again");
+    assert_eq!(db.current_node(), 0);
+    assert_eq!(select().await.unwrap(), 1);
 }
 
 /// Two transactions that take the same two rows in opposite order: InnoDB rolls one back

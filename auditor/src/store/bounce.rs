@@ -6,7 +6,8 @@
 //! can be tested without a database. This module knows nothing of the broker.
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder};
+use platform::database::Database;
+use sqlx::{MySql, MySqlConnection, QueryBuilder};
 use uuid::Uuid;
 use wire::BounceEvent;
 use wire::contract::{RecipientReport, TypedValue};
@@ -54,15 +55,15 @@ const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
 
 /// Writes bounce events; owns its pool.
 pub struct BounceStore {
-    pool: MySqlPool,
+    pool: Database,
 }
 
 impl BounceStore {
-    pub fn new(pool: MySqlPool) -> Self {
-        Self { pool }
+    pub fn new(pool: impl Into<Database>) -> Self {
+        Self { pool: pool.into() }
     }
 
-    pub fn pool(&self) -> &MySqlPool {
+    pub fn pool(&self) -> &Database {
         &self.pool
     }
 

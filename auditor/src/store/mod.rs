@@ -21,9 +21,10 @@ pub mod values;
 
 use std::collections::HashMap;
 
-use platform::database::PoolSettings;
+use platform::config::Urls;
+use platform::database::{Database, PoolSettings};
+use sqlx::Connection as _;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{Connection as _, MySqlPool};
 use wire::AuditEvent;
 
 pub use values::{canonical_ip, ip_bin, network_bounds, split_address};
@@ -39,16 +40,17 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// A pool for the archive that does not connect until it is used, so the auditor starts (and
-/// keeps its broker consumer) while the database is down; [`platform::database`] gives every
-/// connection UTC, strict mode and READ COMMITTED (fewer gap locks between concurrent
-/// auditors), and waits at most 5 s for one (the callers have their own backoff).
+/// The archive's database (one server, or a Galera cluster's nodes with failover), which does
+/// not connect until it is used, so the auditor starts (and keeps its broker consumer) while
+/// the database is down; [`platform::database`] gives every connection UTC, strict mode and
+/// READ COMMITTED (fewer gap locks between concurrent auditors), and waits at most 5 s for one
+/// (the callers have their own backoff).
 ///
 /// # Errors
-/// The URL cannot be parsed.
-pub fn connect_lazy(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+/// A URL cannot be parsed.
+pub fn connect_lazy(urls: &Urls, max_connections: u32) -> Result<Database, sqlx::Error> {
     let settings = PoolSettings::new(max_connections).statement_cache(batch::STATEMENT_CACHE);
-    platform::database::pool(url, &settings)
+    Database::new(urls, settings)
 }
 
 /// Ids of `instance` and `cluegetter_client` rows, known to be committed.
@@ -104,7 +106,7 @@ impl Kinds {
 
 /// Writes audit events; owns the pool and the small id caches.
 pub struct Store {
-    pool: MySqlPool,
+    pool: Database,
     kinds: Kinds,
     /// Only ever holds ids of committed rows: ids learned in a batch are added after its commit.
     ids: Ids,
@@ -112,19 +114,19 @@ pub struct Store {
 
 impl Store {
     /// A store that keeps every part of a message.
-    pub fn new(pool: MySqlPool) -> Self {
+    pub fn new(pool: impl Into<Database>) -> Self {
         Self::with_kinds(pool, Kinds::ALL)
     }
 
-    pub fn with_kinds(pool: MySqlPool, kinds: Kinds) -> Self {
+    pub fn with_kinds(pool: impl Into<Database>, kinds: Kinds) -> Self {
         Self {
-            pool,
+            pool: pool.into(),
             kinds,
             ids: Ids::default(),
         }
     }
 
-    pub fn pool(&self) -> &MySqlPool {
+    pub fn pool(&self) -> &Database {
         &self.pool
     }
 

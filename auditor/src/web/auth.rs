@@ -24,8 +24,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use platform::database::Database;
 use sha2::{Digest as _, Sha256};
-use sqlx::MySqlPool;
 
 use super::error::WebError;
 use super::state::AppState;
@@ -100,7 +100,7 @@ impl Auth {
     /// The database failed: the caller must refuse the request (503), not log anyone in.
     pub async fn session(
         &self,
-        pool: &MySqlPool,
+        pool: &Database,
         id: &str,
     ) -> Result<Option<Identity>, sqlx::Error> {
         if !is_token(id) {
@@ -144,7 +144,7 @@ impl Auth {
     }
 
     /// A new session for `user`, stored; returns the cookie value.
-    pub(super) async fn open(&self, pool: &MySqlPool, user: &str) -> Result<String, WebError> {
+    pub(super) async fn open(&self, pool: &Database, user: &str) -> Result<String, WebError> {
         let id = random_token().map_err(|_| WebError::Forbidden)?;
         sqlx::query(
             "INSERT INTO web_session (id, user, created, expires) \
@@ -159,7 +159,7 @@ impl Auth {
         Ok(id)
     }
 
-    pub(super) async fn close(&self, pool: &MySqlPool, id: &str) -> Result<(), sqlx::Error> {
+    pub(super) async fn close(&self, pool: &Database, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM web_session WHERE id = ?")
             .bind(sha256(id.as_bytes()).as_slice())
             .execute(pool)

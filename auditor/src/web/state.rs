@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::MySqlPool;
+use platform::database::Database;
 
 use super::auth::Auth;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: MySqlPool,
+    pub pool: Database,
     pub auth: Arc<Auth>,
     /// `[quotas] reservation-ttl`: older unsettled reservations no longer count.
     pub reservation_ttl: Duration,
@@ -19,9 +19,9 @@ pub struct AppState {
 
 impl AppState {
     /// From the whole configuration: `[auditor]`'s web keys and `[quotas] reservation-ttl`.
-    pub fn new(config: &platform::config::Config, pool: MySqlPool) -> Self {
+    pub fn new(config: &platform::config::Config, pool: impl Into<Database>) -> Self {
         Self {
-            pool,
+            pool: pool.into(),
             auth: Arc::new(Auth::from_config(&config.auditor)),
             reservation_ttl: config.quotas.reservation_ttl,
         }

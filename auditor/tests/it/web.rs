@@ -197,7 +197,7 @@ pub async fn start_server(url: &str, config: &AuditorConfig) -> (SocketAddr, Can
 
 /// [`start_server`] with the whole configuration.
 pub async fn start_full_server(url: &str, config: &Config) -> (SocketAddr, CancellationToken) {
-    let pool = auditor::store::connect_lazy(url, 4).unwrap();
+    let pool = auditor::store::connect_lazy(&url.into(), 4).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

@@ -155,15 +155,6 @@ impl Config {
         if self.instance.is_empty() || self.instance.len() > 20 {
             return Err("`instance` must be 1 to 20 characters".into());
         }
-        if self.database.url.len() > 1 {
-            // Failing over between database nodes is not built yet; taking the first and
-            // ignoring the rest would look like it was.
-            return Err(
-                "[database] url: a list of servers is not supported yet; give one \
-                        URL (for a Galera cluster, a proxy such as HAProxy in front of it)"
-                    .into(),
-            );
-        }
         for (key, value) in [
             ("message-reject-score", self.message_reject_score),
             ("message-tempfail-score", self.message_tempfail_score),

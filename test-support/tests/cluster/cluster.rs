@@ -1,6 +1,6 @@
 //! `scripts/cluster.sh` from the test: start (fresh) in a directory of the test's own, stop
-//! when dropped (also when the test fails or panics), kill and restart RabbitMQ nodes, and ask
-//! the cluster which node leads a quorum queue.
+//! when dropped (also when the test fails or panics), kill and restart RabbitMQ and Galera
+//! nodes, and ask the cluster which node leads a quorum queue.
 //!
 //! Every call blocks until the script is done (start takes ~45 s, restart until the node is
 //! back in the cluster): call them from `spawn_blocking`, so the load keeps going meanwhile.
@@ -10,9 +10,27 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
+/// Which of the two clusters a node belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Node {
+    Rabbit,
+    Galera,
+}
+
+impl Node {
+    fn as_str(self) -> &'static str {
+        match self {
+            Node::Rabbit => "rabbit",
+            Node::Galera => "galera",
+        }
+    }
+}
+
 pub struct Cluster {
     dir: PathBuf,
     broker_urls: Vec<String>,
+    /// `[database] url` of the Galera nodes, node 1 first (database `cluegetter`).
+    database_urls: Vec<String>,
     /// Erlang node names (`cgN@127.0.0.(N+1)`), node 1 first.
     nodes: Vec<String>,
 }
@@ -23,16 +41,22 @@ impl Cluster {
         let mut cluster = Self {
             dir,
             broker_urls: Vec::new(),
+            database_urls: Vec::new(),
             nodes: Vec::new(),
         };
         cluster.script(&["start"], &[])?;
         cluster.broker_urls = cluster.env_list("BROKER_URLS")?;
+        cluster.database_urls = cluster.env_list("DATABASE_URLS")?;
         cluster.nodes = cluster.env_list("RABBIT_NODES")?;
-        if cluster.broker_urls.len() != 3 || cluster.nodes.len() != 3 {
+        if cluster.broker_urls.len() != 3
+            || cluster.nodes.len() != 3
+            || cluster.database_urls.len() != 3
+        {
             bail!(
-                "cluster.env lists {:?} and {:?}, not three nodes each",
+                "cluster.env lists {:?}, {:?} and {:?}, not three nodes each",
                 cluster.broker_urls,
-                cluster.nodes
+                cluster.nodes,
+                cluster.database_urls
             );
         }
         Ok(cluster)
@@ -43,15 +67,26 @@ impl Cluster {
         &self.broker_urls
     }
 
-    /// `cluster.sh kill9 DIR rabbit N`.
-    pub fn kill9(&self, node: usize) -> Result<()> {
-        self.script(&["kill9"], &["rabbit", &node.to_string()])
+    /// `[database] url` of the Galera nodes for database `name`, node 1 first.
+    pub fn database_urls(&self, name: &str) -> Vec<String> {
+        self.database_urls
+            .iter()
+            .map(|url| match url.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/{name}"),
+                None => url.clone(),
+            })
+            .collect()
+    }
+
+    /// `cluster.sh kill9 DIR KIND N` (`kind`: `rabbit` or `galera`).
+    pub fn kill9(&self, kind: Node, node: usize) -> Result<()> {
+        self.script(&["kill9"], &[kind.as_str(), &node.to_string()])
             .map(drop)
     }
 
-    /// `cluster.sh restart DIR rabbit N`: back once the node has rejoined.
-    pub fn restart(&self, node: usize) -> Result<()> {
-        self.script(&["restart"], &["rabbit", &node.to_string()])
+    /// `cluster.sh restart DIR KIND N`: back once the node has rejoined.
+    pub fn restart(&self, kind: Node, node: usize) -> Result<()> {
+        self.script(&["restart"], &[kind.as_str(), &node.to_string()])
             .map(drop)
     }
 

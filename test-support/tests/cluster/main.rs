@@ -1,14 +1,18 @@
 //! Fault tests of the audit path on a real three-node RabbitMQ cluster (`scripts/cluster.sh`,
-//! quorum queues): an answered message has exactly one audit record when a broker node dies.
+//! quorum queues) and a three-node Galera cluster: an answered message has exactly one audit
+//! record when a broker node or a database node dies.
 //!
-//! The test starts the cluster (RabbitMQ and Galera; only RabbitMQ is used, the archive is a
-//! fresh database on the shared MariaDB at 127.0.0.1:3306), runs the real `milter-gateway`
-//! and `auditor` binaries with `[broker] url` = the three nodes, drives a few thousand messages
-//! at the gateway as Postfix would, `kill -9`s a node mid-run, starts it again, waits for the
-//! pipeline to drain, and does the books with the fault test's modules (`../faults/`):
+//! The test starts both clusters, runs the real `milter-gateway` and `auditor` binaries with
+//! `[broker] url` = the three RabbitMQ nodes, drives a few thousand messages at the gateway as
+//! Postfix would, `kill -9`s a node mid-run, starts it again, waits for the pipeline to drain,
+//! and does the books with the fault test's modules (`../faults/`):
 //!
 //! - `rabbit-node-kill9`: the node every process connects to first (node 1);
-//! - `audit-leader-kill9`: the node that leads the quorum queue `cluegetter.audit.archive`.
+//! - `audit-leader-kill9`: the node that leads the quorum queue `cluegetter.audit.archive`;
+//! - `galera-node-kill9`: with `[database] url` = the three Galera nodes, the node the auditor
+//!   writes to (node 1); the books are done on node 2.
+//!
+//! In the first two the archive is a fresh database on the shared MariaDB at 127.0.0.1:3306.
 //!
 //! It prints, per scenario, how many messages were tempfailed and how long the failover took
 //! (the kill to the gateway's and auditor's "connected to RabbitMQ" on another node, and the
@@ -70,12 +74,17 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
     let mut lab = scenarios::Lab::new(root.clone(), cluster);
     let mut books: Vec<Accounting> = Vec::new();
     let mut failure = None;
-    for scenario in ["rabbit-node-kill9", "audit-leader-kill9"] {
+    for scenario in [
+        "rabbit-node-kill9",
+        "audit-leader-kill9",
+        "galera-node-kill9",
+    ] {
         let begun = std::time::Instant::now();
         let run = async {
             match scenario {
                 "rabbit-node-kill9" => scenarios::node_kill(&mut lab).await,
-                _ => scenarios::leader_kill(&mut lab).await,
+                "audit-leader-kill9" => scenarios::leader_kill(&mut lab).await,
+                _ => scenarios::galera_kill(&mut lab).await,
             }
         };
         let result = tokio::time::timeout(SCENARIO_LIMIT, run)

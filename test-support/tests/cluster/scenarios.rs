@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::account::{self, Accounting};
 use crate::client::{Drive, Load, Sent};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Node};
 use crate::processes::{Kind, Process, Setup};
 use crate::services::free_port;
 
@@ -51,11 +51,17 @@ impl Lab {
         }
     }
 
-    /// A directory, a fresh database and ports for the next scenario; the audit queues
-    /// declared and emptied.
+    /// A directory, a fresh database on the shared MariaDB and ports for the next scenario;
+    /// the audit queues declared and emptied.
     async fn setup(&mut self, name: &str) -> Result<(Setup, TestDb)> {
-        self.scenarios += 1;
         let db = TestDb::empty().await?;
+        let setup = self.setup_with(name, vec![db.url.clone()]).await?;
+        Ok((setup, db))
+    }
+
+    /// As [`Lab::setup`], with `[database] url` = `database_urls`.
+    async fn setup_with(&mut self, name: &str, database_urls: Vec<String>) -> Result<Setup> {
+        self.scenarios += 1;
         let broker = BrokerLink::open(self.cluster.broker_urls()).await?;
         for queue in [AUDIT_QUEUE, AUDIT_DEAD_LETTER_QUEUE] {
             broker
@@ -67,14 +73,14 @@ impl Lab {
         let setup = Setup {
             dir: self.root.join(format!("{}-{name}", self.scenarios)),
             broker_urls: self.cluster.broker_urls().to_vec(),
-            database_url: db.url.clone(),
+            database_urls,
             milter_port: free_port()?,
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
             auditor_web: free_port()?,
         };
         setup.write_config()?;
-        Ok((setup, db))
+        Ok(setup)
     }
 
     /// Runs a blocking `cluster.sh` call beside the load.
@@ -272,7 +278,7 @@ async fn killed_node_run(
     );
     let killed = Instant::now();
     let spool_at_kill = spooled(&setup);
-    lab.cluster(move |c| c.kill9(node)).await?;
+    lab.cluster(move |c| c.kill9(Node::Rabbit, node)).await?;
     let mut failover = String::new();
     if why.starts_with("leader") {
         // the fault bites only if the queue gets a new leader on one of the other two
@@ -308,7 +314,7 @@ async fn killed_node_run(
     // the node comes back while the load goes on (or after it)
     let restart = tokio::spawn({
         let cluster = lab.cluster.clone();
-        async move { tokio::task::spawn_blocking(move || cluster.restart(node)).await? }
+        async move { tokio::task::spawn_blocking(move || cluster.restart(Node::Rabbit, node)).await? }
     });
     let sent = drive.finish().await;
     let restart_wait = Instant::now();
@@ -404,4 +410,98 @@ pub async fn leader_kill(lab: &mut Lab) -> Result<Accounting> {
         Ok((leader, format!("leader of {AUDIT_QUEUE}")))
     })
     .await
+}
+
+/// What the auditor logs when it moved to another database node (platform::database).
+const MOVED: &str = "moved to another database node";
+
+/// `kill -9` of the Galera node the auditor writes to (node 1, the first of `[database] url`)
+/// mid-run: the auditor moves to another node, the killed one rejoins, and every answered
+/// message has exactly one row (counted on node 2).
+pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
+    let name = "galera-node-kill9";
+    let database = format!("cg_galera_{}", std::process::id());
+    let urls = lab.cluster.database_urls(&database);
+    let setup = lab.setup_with(name, urls.clone()).await?;
+    // the auditor creates the database and its tables on node 1 (`migrate` at start)
+    let mut auditor = Process::start(Kind::Auditor, &setup).await?;
+    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
+    let auditor_log = setup.dir.join("auditor.log");
+    let books_url = urls[1].clone();
+    let pool = test_support::eventually(FAILOVER, "the archive on Galera node 2", || {
+        let url = books_url.clone();
+        async move {
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(2)
+                .connect(&url)
+                .await
+                .ok()?;
+            sqlx::query("SELECT 1 FROM message LIMIT 1")
+                .execute(&pool)
+                .await
+                .ok()?;
+            Some(pool)
+        }
+    })
+    .await?;
+    let drive = Drive::start(
+        SocketAddr::from(([127, 0, 0, 1], setup.milter_port)),
+        Load {
+            messages: MESSAGES,
+            connections: CONNECTIONS,
+            rate: RATE,
+            per_session: 5,
+            prefix: "CGK".to_owned(),
+        },
+    );
+    drive
+        .wait_done((MESSAGES as f64 * KILL_AT) as usize)
+        .await?;
+    let committed_at_kill = auditor
+        .metric("cluegetter_auditor_events_committed_total")
+        .unwrap_or(-1.0);
+    let killed = Instant::now();
+    lab.cluster(|c| c.kill9(Node::Galera, 1)).await?;
+    // the auditor finds node 1 gone at its next batch and moves on
+    let moved = loop {
+        let log = std::fs::read_to_string(&auditor_log).unwrap_or_default();
+        if let Some(line) = log.lines().find(|line| line.contains(MOVED)) {
+            break (killed.elapsed(), line.to_owned());
+        }
+        if killed.elapsed() >= FAILOVER {
+            bail!("the auditor did not move to another database node within {FAILOVER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let restart = tokio::spawn({
+        let cluster = lab.cluster.clone();
+        async move { tokio::task::spawn_blocking(move || cluster.restart(Node::Galera, 1)).await? }
+    });
+    let sent = drive.finish().await;
+    let restart_wait = Instant::now();
+    restart.await??;
+    let mut notes = vec![
+        format!(
+            "killed Galera node 1 (where the auditor writes) {:.1} s into the load, with {} \
+             events committed; the auditor moved {:.1} s after the kill: {}",
+            MESSAGES as f64 * KILL_AT / RATE,
+            committed_at_kill,
+            moved.0.as_secs_f64(),
+            moved.1.trim()
+        ),
+        format!(
+            "Galera node 1 back in the cluster {:.1} s after the kill ({:.1} s after the load)",
+            killed.elapsed().as_secs_f64(),
+            restart_wait.elapsed().as_secs_f64()
+        ),
+    ];
+    drain(&setup, &pool, &sent).await?;
+    let mut books = account::account(name, &pool, &sent).await?;
+    notes.push(answers_note(&sent, killed, 0, ""));
+    books.notes = notes;
+    books.notes.push(metrics_note(&gateway, &auditor));
+    gateway.stop().await;
+    auditor.stop().await;
+    pool.close().await;
+    Ok(books)
 }

@@ -78,7 +78,8 @@ pub struct Setup {
     pub dir: PathBuf,
     /// `[broker] url`: one URL, or the nodes of a cluster in the order they are tried.
     pub broker_urls: Vec<String>,
-    pub database_url: String,
+    /// `[database] url`: one URL, or the nodes of a Galera cluster in the order they are tried.
+    pub database_urls: Vec<String>,
     pub milter_port: u16,
     pub gateway_metrics: u16,
     pub auditor_metrics: u16,
@@ -101,9 +102,14 @@ impl Setup {
         self.dir.join("cluegetter.toml")
     }
 
+    /// The first database URL (the only one of a single server).
+    pub fn database_url(&self) -> &str {
+        self.database_urls.first().map_or("", String::as_str)
+    }
+
     /// Writes the configuration both processes read.
     pub fn write_config(&self) -> Result<()> {
-        let broker = match self.broker_urls.as_slice() {
+        let list = |urls: &[String]| match urls {
             [one] => format!("\"{one}\""),
             urls => format!(
                 "[{}]",
@@ -113,13 +119,15 @@ impl Setup {
                     .join(", ")
             ),
         };
+        let broker = list(&self.broker_urls);
+        let database = list(&self.database_urls);
         let text = format!(
             "instance = \"faults\"\n\
              [broker]\n\
              url = {broker}\n\
              reconnect-max-backoff = \"500ms\"\n\
              [database]\n\
-             url = \"{database}\"\n\
+             url = {database}\n\
              max-connections = 4\n\
              [gateway]\n\
              listen = \"127.0.0.1:{milter}\"\n\
@@ -129,7 +137,6 @@ impl Setup {
              metrics-listen = \"127.0.0.1:{auditor_metrics}\"\n\
              web-listen = \"127.0.0.1:{auditor_web}\"\n\
              archive-prune-interval = \"0s\"\n",
-            database = self.database_url,
             milter = self.milter_port,
             gateway_metrics = self.gateway_metrics,
             auditor_metrics = self.auditor_metrics,

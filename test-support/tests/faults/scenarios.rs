@@ -74,7 +74,7 @@ impl Lab {
         let setup = Setup {
             dir: self.root.join(format!("{}-{name}", self.scenarios)),
             broker_urls: vec![self.broker.url()],
-            database_url: self.db.url(&database),
+            database_urls: vec![self.db.url(&database)],
             milter_port: free_port()?,
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
@@ -102,7 +102,7 @@ fn milter_addr(setup: &Setup) -> SocketAddr {
 async fn pool(setup: &Setup) -> Result<MySqlPool> {
     Ok(MySqlPoolOptions::new()
         .max_connections(2)
-        .connect(&setup.database_url)
+        .connect(setup.database_url())
         .await?)
 }
 

@@ -93,7 +93,7 @@ impl Pipeline {
             std::env::temp_dir().join(format!("cgt-bounce-spool-{}", broker.vhost));
         adjust(&mut config);
 
-        auditor::migrate(config.database.url.first()).await?;
+        auditor::migrate(config.database.url.clone()).await?;
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let gateway_addr = listener.local_addr()?;

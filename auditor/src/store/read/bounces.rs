@@ -2,7 +2,8 @@
 //! whole. Reads `bounce` and `bounce_report` (schema/0004).
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySql, MySqlPool, QueryBuilder};
+use platform::database::Database;
+use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 
 use super::{AddressFilter, like_escape};
@@ -42,7 +43,7 @@ pub struct ListRow {
 ///
 /// # Errors
 /// The database failed.
-pub async fn list(pool: &MySqlPool, query: &BounceQuery) -> Result<Vec<ListRow>, sqlx::Error> {
+pub async fn list(pool: &Database, query: &BounceQuery) -> Result<Vec<ListRow>, sqlx::Error> {
     query.sql().build_query_as().fetch_all(pool).await
 }
 
@@ -152,7 +153,7 @@ pub struct ReportRow {
 /// # Errors
 /// The database failed.
 pub async fn bounce(
-    pool: &MySqlPool,
+    pool: &Database,
     id: u64,
 ) -> Result<Option<(BounceRow, Vec<ReportRow>)>, sqlx::Error> {
     let bounce: Option<BounceRow> = sqlx::query_as(

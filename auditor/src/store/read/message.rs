@@ -2,7 +2,7 @@
 //! results, the bounces linked to it and the stored body.
 
 use chrono::{DateTime, Utc};
-use sqlx::MySqlPool;
+use platform::database::Database;
 use uuid::Uuid;
 
 /// The `message` row with its session, MTA and instance.
@@ -106,7 +106,7 @@ pub struct MessageRecord {
 ///
 /// # Errors
 /// The database failed.
-pub async fn message(pool: &MySqlPool, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
+pub async fn message(pool: &Database, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
     let message: Option<MessageRow> = sqlx::query_as(
         "SELECT m.session, m.queue_id, m.mta_hostname, m.date, m.body_size, m.body_hash, \
          m.messageId, m.subject, m.sender_local, m.sender_domain, m.rcpt_count, m.verdict, \

@@ -3,8 +3,8 @@
 //! What counts as usage is the page's arithmetic over the tally rows, not this file's.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use platform::database::Database;
 use platform::quotas::Selector;
-use sqlx::MySqlPool;
 
 /// A `quota` row with its profile and class.
 #[derive(Debug, sqlx::FromRow)]
@@ -71,7 +71,7 @@ pub struct TallyRow {
 /// # Errors
 /// The database failed.
 pub async fn quotas_of(
-    pool: &MySqlPool,
+    pool: &Database,
     selector: Selector,
     value: &str,
 ) -> Result<Vec<QuotaRow>, sqlx::Error> {
@@ -93,7 +93,7 @@ pub async fn quotas_of(
 ///
 /// # Errors
 /// The database failed.
-pub async fn now(pool: &MySqlPool) -> Result<DateTime<Utc>, sqlx::Error> {
+pub async fn now(pool: &Database) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
         .fetch_one(pool)
         .await
@@ -103,7 +103,7 @@ pub async fn now(pool: &MySqlPool) -> Result<DateTime<Utc>, sqlx::Error> {
 ///
 /// # Errors
 /// The database failed.
-pub async fn classes(pool: &MySqlPool) -> Result<Vec<ClassRow>, sqlx::Error> {
+pub async fn classes(pool: &Database) -> Result<Vec<ClassRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.id AS class_id, c.name AS class_name, i.name AS instance, \
          p.id AS profile_id, p.name AS profile_name FROM quota_class c \
@@ -118,7 +118,7 @@ pub async fn classes(pool: &MySqlPool) -> Result<Vec<ClassRow>, sqlx::Error> {
 ///
 /// # Errors
 /// The database failed.
-pub async fn all_periods(pool: &MySqlPool) -> Result<Vec<PeriodRow>, sqlx::Error> {
+pub async fn all_periods(pool: &Database) -> Result<Vec<PeriodRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT profile, period, curb FROM quota_profile_period ORDER BY profile, period LIMIT 5000",
     )
@@ -130,7 +130,7 @@ pub async fn all_periods(pool: &MySqlPool) -> Result<Vec<PeriodRow>, sqlx::Error
 ///
 /// # Errors
 /// The database failed.
-pub async fn periods_of(pool: &MySqlPool, profile: u64) -> Result<Vec<PeriodRow>, sqlx::Error> {
+pub async fn periods_of(pool: &Database, profile: u64) -> Result<Vec<PeriodRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT profile, period, curb FROM quota_profile_period WHERE profile = ? ORDER BY period",
     )
@@ -143,7 +143,7 @@ pub async fn periods_of(pool: &MySqlPool, profile: u64) -> Result<Vec<PeriodRow>
 ///
 /// # Errors
 /// The database failed.
-pub async fn regexes(pool: &MySqlPool) -> Result<Vec<RegexRow>, sqlx::Error> {
+pub async fn regexes(pool: &Database) -> Result<Vec<RegexRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT q.id, CAST(q.selector AS CHAR) AS selector, q.value, p.name AS profile, \
          (SELECT COUNT(*) FROM quota x WHERE x.instigator = q.id) AS instigated \
@@ -158,7 +158,7 @@ pub async fn regexes(pool: &MySqlPool) -> Result<Vec<RegexRow>, sqlx::Error> {
 ///
 /// # Errors
 /// The database failed.
-pub async fn instigated_by(pool: &MySqlPool, id: u64) -> Result<Vec<ConcreteRow>, sqlx::Error> {
+pub async fn instigated_by(pool: &Database, id: u64) -> Result<Vec<ConcreteRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, CAST(selector AS CHAR) AS selector, value, date_added FROM quota \
          WHERE instigator = ? ORDER BY id DESC LIMIT 500",
@@ -173,7 +173,7 @@ pub async fn instigated_by(pool: &MySqlPool, id: u64) -> Result<Vec<ConcreteRow>
 /// # Errors
 /// The database failed.
 pub async fn tally(
-    pool: &MySqlPool,
+    pool: &Database,
     quota: u64,
     since: DateTime<Utc>,
     limit: i64,

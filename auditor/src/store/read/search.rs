@@ -5,7 +5,8 @@
 //! archive larger than the buffer pool this is what keeps a page well under a second.
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySql, MySqlPool, QueryBuilder};
+use platform::database::Database;
+use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 use wire::{Action, ModuleName};
 
@@ -76,7 +77,7 @@ pub struct MessageRow {
 /// # Errors
 /// The database failed.
 pub async fn messages(
-    pool: &MySqlPool,
+    pool: &Database,
     query: &MessageQuery,
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
     if query.matches_nothing {

@@ -3,7 +3,7 @@
 //! index range over the period (schema/0005's covering indexes).
 
 use chrono::{DateTime, Utc};
-use sqlx::MySqlPool;
+use platform::database::Database;
 
 /// Messages of one verdict in one period.
 #[derive(Debug, sqlx::FromRow)]
@@ -46,7 +46,7 @@ pub struct LatencyRow {
 /// # Errors
 /// The database failed.
 pub async fn per_verdict(
-    pool: &MySqlPool,
+    pool: &Database,
     format: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -68,7 +68,7 @@ pub async fn per_verdict(
 /// # Errors
 /// The database failed.
 pub async fn top_rejected_senders(
-    pool: &MySqlPool,
+    pool: &Database,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     top: u32,
@@ -98,7 +98,7 @@ pub enum RejectedBy {
 /// # Errors
 /// The database failed.
 pub async fn top_rejected(
-    pool: &MySqlPool,
+    pool: &Database,
     by: RejectedBy,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -131,7 +131,7 @@ pub async fn top_rejected(
 /// # Errors
 /// The database failed.
 pub async fn module_latency(
-    pool: &MySqlPool,
+    pool: &Database,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<LatencyRow>, sqlx::Error> {

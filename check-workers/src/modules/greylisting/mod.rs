@@ -86,7 +86,7 @@ impl Greylisting {
         // gives its own error rather than the worker's "no answer within".
         let acquire_timeout = settings.timeout.mul_f64(0.8);
         let store = Store::new(
-            config.database.url.first(),
+            config.database.url.clone(),
             config.database.max_connections,
             acquire_timeout,
         )

@@ -16,8 +16,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use platform::database::{ConflictRetries, LazyPool, PoolSettings};
-use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
+use platform::config::Urls;
+use platform::database::{ConflictRetries, Database, PoolSettings};
+use sqlx::{MySql, MySqlConnection, QueryBuilder, Row as _};
 
 /// Addresses are cut to this many characters, the width of the columns.
 const ADDRESS_CHARS: usize = 255;
@@ -81,32 +82,32 @@ fn normalise(address: &str) -> String {
 
 /// The tables, through a pool made on first use.
 pub struct Store {
-    pool: LazyPool,
+    pool: Database,
     /// `instance.name` → `instance.id`; never held across an await.
     instances: Mutex<Vec<(String, u64)>>,
 }
 
 impl Store {
-    /// A store for `url`; a check waits at most `acquire_timeout` for a connection.
+    /// A store for `urls` (one server or a Galera cluster's nodes); a check waits at most `acquire_timeout` for a connection.
     ///
     /// # Errors
     /// The URL cannot be parsed.
     pub fn new(
-        url: &str,
+        urls: impl Into<Urls>,
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Result<Self, sqlx::Error> {
         let settings = PoolSettings::new(max_connections).acquire_timeout(acquire_timeout);
         Ok(Self {
-            pool: LazyPool::new(url, settings)?,
+            pool: Database::new(&urls.into(), settings)?,
             instances: Mutex::new(Vec::new()),
         })
     }
 
     /// The pool ([`platform::database`]: UTC, strict mode, READ COMMITTED: no gap locks; each
     /// statement sees what committed before it, and our own writes).
-    fn pool(&self) -> &MySqlPool {
-        self.pool.get()
+    fn pool(&self) -> &Database {
+        &self.pool
     }
 
     /// The id of the instance called `name`, adding the row as the auditor does when the name

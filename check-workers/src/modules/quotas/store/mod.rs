@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use platform::config::Config;
-use platform::database::{ConflictRetries, LazyPool, PoolSettings};
+use platform::config::Urls;
+use platform::database::{ConflictRetries, Database, PoolSettings};
 use regex::Regex;
-use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _};
+use sqlx::{MySql, MySqlConnection, QueryBuilder, Row as _};
 
 pub use self::check::{CheckOutcome, QuotaUsage};
 pub use self::import::ImportError;
@@ -59,7 +60,7 @@ pub struct QuotaStore {
 }
 
 struct Inner {
-    pool: LazyPool,
+    pool: Database,
     reservation_ttl: Duration,
     /// Compiled regex rows by pattern; `None` for a pattern that does not compile (logged once).
     /// Never held across an await.
@@ -74,7 +75,7 @@ impl QuotaStore {
     /// The URL cannot be parsed.
     pub fn from_config(config: &Config) -> Result<Self, sqlx::Error> {
         Self::new(
-            config.database.url.first(),
+            config.database.url.clone(),
             config.database.max_connections,
             config.quotas.timeout,
             config.quotas.reservation_ttl,
@@ -84,7 +85,7 @@ impl QuotaStore {
     /// # Errors
     /// The URL cannot be parsed.
     pub fn new(
-        url: &str,
+        urls: impl Into<Urls>,
         max_connections: u32,
         acquire_timeout: Duration,
         reservation_ttl: Duration,
@@ -92,7 +93,7 @@ impl QuotaStore {
         let settings = PoolSettings::new(max_connections).acquire_timeout(acquire_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
-                pool: LazyPool::new(url, settings)?,
+                pool: Database::new(&urls.into(), settings)?,
                 reservation_ttl,
                 regexes: Mutex::new(HashMap::new()),
             }),
@@ -102,8 +103,8 @@ impl QuotaStore {
     /// The pool ([`platform::database`]: UTC, strict mode, READ COMMITTED: each statement sees
     /// what committed before it, which the check relies on after taking its locks; and no gap
     /// locks).
-    pub fn pool(&self) -> &MySqlPool {
-        self.inner.pool.get()
+    pub fn pool(&self) -> &Database {
+        &self.inner.pool
     }
 
     pub fn reservation_ttl(&self) -> Duration {
