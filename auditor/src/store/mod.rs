@@ -139,6 +139,15 @@ impl Store {
         &mut self,
         events: &[&AuditEvent],
     ) -> Result<Vec<Outcome>, sqlx::Error> {
+        let outcome = self.run_write_batch(events).await;
+        // a node that is gone makes the database look for another before the retry
+        self.pool.report(outcome)
+    }
+
+    async fn run_write_batch(
+        &mut self,
+        events: &[&AuditEvent],
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
         match self.try_write_batch(events).await {
             Err(error) if mysql_error_number(&error) == Some(ER_NO_REFERENCED_ROW_2) => {
                 // A cached row is gone (a recipient address pruned as unused, an instance

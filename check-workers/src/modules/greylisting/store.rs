@@ -197,6 +197,21 @@ impl Store {
         client: &str,
         timing: Timing,
     ) -> Result<Attempt, sqlx::Error> {
+        let outcome = self
+            .run_record_attempt(instance, triplets, client, timing)
+            .await;
+        self.pool().report(outcome)
+    }
+
+    /// [`Self::record_attempt`], whose failure the caller reports to the database (a node that is gone
+    /// makes it look for another).
+    async fn run_record_attempt(
+        &self,
+        instance: u64,
+        triplets: &Triplets,
+        client: &str,
+        timing: Timing,
+    ) -> Result<Attempt, sqlx::Error> {
         let mut retries = ConflictRetries::new("greylisting transaction", ATTEMPTS);
         loop {
             let outcome = self

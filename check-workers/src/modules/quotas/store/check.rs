@@ -64,6 +64,18 @@ impl QuotaStore {
         message: MessageId,
         factors: &[Factor],
     ) -> Result<CheckOutcome, sqlx::Error> {
+        let outcome = self.run_check(instance, message, factors).await;
+        self.pool().report(outcome)
+    }
+
+    /// [`Self::check`], whose failure the caller reports to the database (a node that is gone
+    /// makes it look for another).
+    async fn run_check(
+        &self,
+        instance: &str,
+        message: MessageId,
+        factors: &[Factor],
+    ) -> Result<CheckOutcome, sqlx::Error> {
         if factors.is_empty() {
             return Ok(CheckOutcome::default());
         }

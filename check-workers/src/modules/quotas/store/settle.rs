@@ -32,6 +32,18 @@ impl QuotaStore {
         counted: bool,
         remember: bool,
     ) -> Result<u64, sqlx::Error> {
+        let outcome = self.run_settle(message, counted, remember).await;
+        self.pool().report(outcome)
+    }
+
+    /// [`Self::settle`], whose failure the caller reports to the database (a node that is gone
+    /// makes it look for another).
+    async fn run_settle(
+        &self,
+        message: MessageId,
+        counted: bool,
+        remember: bool,
+    ) -> Result<u64, sqlx::Error> {
         let mut conn = self.pool().acquire().await?;
         let mut retries = retries("settle");
         loop {
