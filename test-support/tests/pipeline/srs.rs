@@ -218,14 +218,43 @@ async fn forwarded_mail_is_rewritten_bounces_come_back_and_forgeries_are_refused
     assert_eq!(bounced["recipients"][0]["address"], from.as_str());
     assert_eq!(bounced["recipients"][0]["reversed"], "alice@sender.test");
 
-    // a plain unknown address of the virtual domain is still refused by Postfix itself
-    let unknown = send(&pipeline, "<>", "nobody@virtual.test", "unknown", None).await;
-    assert!(!unknown.success, "{}", unknown.transcript);
+    // a plain unknown address of the virtual domain is still refused by Postfix itself, and
+    // the gateway tells that refusal (RCPT_REJ) from the accepted SRS address of the same
+    // virtual alias domain
+    let unknown = send(
+        &pipeline,
+        "<>",
+        &format!("nobody@virtual.test,{from}"),
+        "unknown",
+        None,
+    )
+    .await;
+    assert!(unknown.success, "{}", unknown.transcript);
     assert!(
-        unknown.transcript.contains("<** 550 5.1.1"),
+        unknown
+            .transcript
+            .contains("<** 550 5.1.1 <nobody@virtual.test>"),
         "{}",
         unknown.transcript
     );
+    let (_, to) = delivered(&pipeline, &queue_id(unknown.data_reply().unwrap())).await;
+    assert_eq!(to, ["alice@sender.test"]);
+    let statuses: Vec<(String, String)> =
+        eventually(Duration::from_secs(20), "the recipient rows", || async {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT r.local, mr.status FROM message_recipient mr \
+                 JOIN recipient r ON r.id = mr.recipient JOIN message m ON m.id = mr.message \
+                 WHERE m.subject = 'unknown' ORDER BY r.local",
+            )
+            .fetch_all(&pipeline.db.pool)
+            .await
+            .ok()?;
+            (rows.len() == 2).then_some(rows)
+        })
+        .await
+        .unwrap();
+    assert_eq!(statuses[0], ("nobody".to_owned(), "rejected".to_owned()));
+    assert_eq!(statuses[1].1, "accepted");
 
     pipeline.stop().await.unwrap();
     std::fs::remove_file(&secrets).unwrap();
