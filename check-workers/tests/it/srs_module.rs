@@ -127,7 +127,10 @@ async fn forwards_reverses_and_refuses_through_the_worker() {
     assert_eq!(result.determinants["reverses_to"], "alice@sender.test");
     let bounce = srs_request(CheckStage::Eom, "", &[&rewritten], &[]);
     let result = ask(&mut gateway, &bounce).await;
-    assert_eq!(result.changes.delete_recipients, [rewritten.clone()]);
+    assert_eq!(
+        result.changes.delete_recipients,
+        std::slice::from_ref(&rewritten)
+    );
     assert_eq!(result.changes.add_recipients, ["alice@sender.test"]);
     assert_eq!(result.changes.new_sender, None);
     assert_eq!(

@@ -137,7 +137,7 @@ impl SrsConfig {
         }
         let max_age = self.max_age.as_secs();
         if self.max_age.subsec_nanos() != 0
-            || max_age % SECONDS_PER_DAY != 0
+            || !max_age.is_multiple_of(SECONDS_PER_DAY)
             || max_age / SECONDS_PER_DAY > MAX_AGE_LIMIT_DAYS
         {
             return Err(
