@@ -4,6 +4,7 @@
 //! delivered to alice@sender.test; a tampered hash and an expired timestamp are refused at RCPT
 //! with `550 5.1.1`; the null sender and a local sender are left alone. The archive keeps the
 //! original and rewritten sender and the reversed recipient in the module's determinants.
+//! With `rewrite = "always"`, every outside sender is rewritten into `domain`.
 //!
 //! The instance's default transport discards mail with `status=sent (sink)`, after qmgr logged
 //! the envelope sender (`from=<…>`) and the delivery agent the recipient (`to=<…>`).
@@ -259,4 +260,54 @@ async fn forwarded_mail_is_rewritten_bounces_come_back_and_forgeries_are_refused
     pipeline.stop().await.unwrap();
     std::fs::remove_file(&secrets).unwrap();
     std::fs::remove_file(&canonical).unwrap();
+}
+
+/// `rewrite = "always"` (PostSRSd's behaviour): every sender outside our domains is rewritten
+/// into `domain`, forwarded or not; a local sender is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn always_rewrites_every_outside_sender_into_the_srs_domain() {
+    let secrets = std::env::temp_dir().join(format!("cgt-srs-{}", uuid::Uuid::now_v7()));
+    std::fs::write(&secrets, format!("{SECRET}\n")).unwrap();
+    let secrets_file: PathBuf = secrets.clone();
+    let pipeline = Pipeline::start(move |c| {
+        c.rspamd.enabled = false;
+        c.srs.enabled = true;
+        c.srs.secrets_file = secrets_file;
+        c.srs.domain = "srs.example.net".into();
+        c.srs.local_domains = vec!["virtual.test".into()];
+        c.srs.rewrite = platform::config::SrsRewrite::Always;
+    })
+    .await
+    .unwrap();
+
+    let sent = send(
+        &pipeline,
+        "alice@sender.test",
+        "bob@external.test",
+        "plain",
+        None,
+    )
+    .await;
+    assert!(sent.success, "{}", sent.transcript);
+    let (from, _) = delivered(&pipeline, &queue_id(sent.data_reply().unwrap())).await;
+    assert!(from.starts_with("SRS0="), "{from}");
+    assert!(
+        from.ends_with("=sender.test=alice@srs.example.net"),
+        "{from}"
+    );
+
+    let local = send(
+        &pipeline,
+        "carol@virtual.test",
+        "bob@external.test",
+        "local",
+        None,
+    )
+    .await;
+    assert!(local.success, "{}", local.transcript);
+    let (from, _) = delivered(&pipeline, &queue_id(local.data_reply().unwrap())).await;
+    assert_eq!(from, "carol@virtual.test");
+
+    pipeline.stop().await.unwrap();
+    std::fs::remove_file(&secrets).unwrap();
 }
