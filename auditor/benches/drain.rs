@@ -96,6 +96,7 @@ fn result(
             determinants,
             duration: 0.042,
             changes: MilterChanges::default(),
+            enhanced_status: None,
         },
         weighted_score: score,
         late: false,

@@ -11,8 +11,9 @@
 //! - [`module`]: the [`Module`](module::Module) trait a check implements, and
 //!   [`ModuleError`](module::ModuleError).
 //! - [`modules`]: one file or folder per check module (`rspamd`, `quotas`, `greylisting`,
-//!   `spamassassin` with its spamd client, `clamav` with its clamd client); `modules/mod.rs`
-//!   alone knows the whole set.
+//!   `spamassassin` with its spamd client, `clamav` with its clamd client, `srs` with the
+//!   scheme, PostSRSd's secrets file and `[srs]`'s rules); `modules/mod.rs` alone knows the
+//!   whole set.
 //! - [`settle`]: when the quotas module is served, the consumer of `cluegetter.quotas.settle`
 //!   that keeps or releases its reservations from the audit events.
 //! - [`quota_cli`]: `check-workers quota show|import`, the operator's view of the quota tables.

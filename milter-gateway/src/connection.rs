@@ -166,6 +166,7 @@ async fn judge<T: Io>(
         None => Judged::Decided {
             action: decision.action,
             reason: verdict::substitute(&decision.reason, &vars),
+            enhanced_status: decision.enhanced_status.clone(),
         },
     };
     let mut facts = Facts {

@@ -9,6 +9,7 @@ use platform::config::Config;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 use tokio_util::task::TaskTracker;
+use wire::CheckStage;
 
 use crate::audit::AuditPublisher;
 use crate::dispatch::Dispatcher;
@@ -71,15 +72,15 @@ impl Context {
             .max()
             .unwrap_or(0)
             .max(audit_body_limit);
-        let stage_checks = &config.stage_checks;
         let limits = Limits {
             body_limit,
             max_headers: config.gateway.max_headers,
             max_header_bytes: config.gateway.max_header_bytes,
             early_checks: EarlyChecks {
-                connect: !stage_checks.connect.is_empty(),
-                helo: !stage_checks.helo.is_empty(),
-                rcpt: !stage_checks.rcpt.is_empty(),
+                connect: config.checks_early_at(CheckStage::Connect),
+                helo: config.checks_early_at(CheckStage::Helo),
+                // `[stage-checks]` rcpt, or srs enabled (it checks SRS recipients there)
+                rcpt: config.checks_early_at(CheckStage::Rcpt),
             },
         };
         Self {

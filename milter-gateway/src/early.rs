@@ -57,11 +57,11 @@ async fn decide<T: Io>(
     check: &EarlyCheck,
 ) -> Result<Answer, ProtocolError> {
     let stage = check.stage;
-    let wanted = ctx.config.stage_checks.modules(stage);
+    // `[stage-checks]`, and srs at RCPT for recipients that look like SRS addresses
     let plans: Vec<&ModulePlan> = ctx
         .modules
         .iter()
-        .filter(|plan| wanted.contains(&plan.name))
+        .filter(|plan| ctx.config.asks_early(&plan.name, stage, &check.recipient))
         .collect();
     let client = check.session.client_addr;
     if plans.is_empty() {
@@ -102,6 +102,7 @@ async fn decide<T: Io>(
         None => Judged::Decided {
             action: decision.action,
             reason: verdict::substitute(&decision.reason, &vars),
+            enhanced_status: decision.enhanced_status.clone(),
         },
     };
     let outcome = outcome::outcome(&Facts {

@@ -37,8 +37,13 @@ const FALLBACK_REPLY: &str = "451 4.7.1 Please try again later";
 /// What the modules' answers came to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Judged {
-    /// The verdict of `verdict::decide`, its reason already substituted.
-    Decided { action: Action, reason: String },
+    /// The verdict of `verdict::decide`, its reason already substituted, and the enhanced
+    /// status code of the result the reason came from.
+    Decided {
+        action: Action,
+        reason: String,
+        enhanced_status: Option<String>,
+    },
     /// No verdict could be had: the modules could not be asked (the broker is away, or a
     /// publish failed). The text says why.
     Failed(String),
@@ -92,11 +97,16 @@ pub struct Outcome {
 /// The fail policy (see the module's comment for the rules).
 pub fn outcome(facts: &Facts<'_>) -> Outcome {
     let eom = facts.stage == CheckStage::Eom;
-    let (verdict, reason, mut failure) = match &facts.judged {
-        Judged::Decided { action, reason } => (*action, reason.clone(), None),
+    let (verdict, reason, enhanced_status, mut failure) = match &facts.judged {
+        Judged::Decided {
+            action,
+            reason,
+            enhanced_status,
+        } => (*action, reason.clone(), enhanced_status.as_deref(), None),
         Judged::Failed(why) => (
             Action::Tempfail,
             UNCHECKED_REASON.to_owned(),
+            None,
             Some(why.clone()),
         ),
     };
@@ -121,13 +131,14 @@ pub fn outcome(facts: &Facts<'_>) -> Outcome {
         applied = Action::Tempfail;
         failure = Some(why.to_owned());
     }
-    let reply_reason = if applied == verdict {
-        reason.as_str()
+    // The verdict's reason and status code only when the verdict is what is applied.
+    let (reply_reason, reply_status) = if applied == verdict {
+        (reason.as_str(), enhanced_status)
     } else {
-        UNAVAILABLE_REASON
+        (UNAVAILABLE_REASON, None)
     };
     let reply_text = || {
-        reply::smtp_reply(applied, reply_reason, facts.queue_id)
+        reply::smtp_reply_with_status(applied, reply_status, reply_reason, facts.queue_id)
             .unwrap_or_else(|| FALLBACK_REPLY.to_owned())
     };
     let answer = match applied {
@@ -182,6 +193,7 @@ mod tests {
         Judged::Decided {
             action,
             reason: REASON.to_owned(),
+            enhanced_status: None,
         }
     }
 
@@ -334,6 +346,7 @@ mod tests {
             judged: Judged::Decided {
                 action: Action::Quarantine,
                 reason: long.clone(),
+                enhanced_status: None,
             },
             ..facts(CheckStage::Eom, broker_away())
         });
@@ -345,5 +358,38 @@ mod tests {
             ]
         );
         assert_eq!(got.reason, long, "the record keeps the whole reason");
+    }
+
+    #[test]
+    fn a_refused_recipient_carries_the_module_status_code_only_when_the_verdict_applies() {
+        let srs = |noop| {
+            outcome(&Facts {
+                noop,
+                ..facts(
+                    CheckStage::Rcpt,
+                    Judged::Decided {
+                        action: Action::Reject,
+                        reason: "Invalid SRS address".to_owned(),
+                        enhanced_status: Some("5.1.1".to_owned()),
+                    },
+                )
+            })
+        };
+        let refused = srs(false);
+        assert_eq!(refused.answer, reply("550 5.1.1 Invalid SRS address"));
+        assert_eq!(
+            refused.refused_recipient.as_deref(),
+            Some("550 5.1.1 Invalid SRS address")
+        );
+        assert_eq!(srs(true).answer, cont());
+        // the fail action's answer is ours, never the module's code
+        let failed = outcome(&Facts {
+            stage: CheckStage::Rcpt,
+            ..facts(CheckStage::Rcpt, broker_away())
+        });
+        assert!(
+            matches!(&failed.answer[..], [Response::ReplyCode(t)] if t.starts_with("451 4.7.1 ")),
+            "{failed:?}"
+        );
     }
 }

@@ -32,11 +32,29 @@ const CUT_MARK: &str = "...";
 /// An empty queue id leaves out the ` (<queue id>)` suffix; an empty reason becomes
 /// "Reason Unspecified".
 pub fn smtp_reply(action: Action, reason: &str, queue_id: &str) -> Option<String> {
-    let code = match action {
-        Action::Reject => "550 5.7.1",
-        Action::Tempfail | Action::Error => "451 4.7.1",
+    smtp_reply_with_status(action, None, reason, queue_id)
+}
+
+/// As [`smtp_reply`], with the enhanced status code a module gave (`5.1.1`) in place of ours
+/// when it is one (RFC 3463: `class.subject.detail`, each 1 to 3 digits) and its class agrees
+/// with the action (5 for reject, 4 for tempfail); otherwise ours is used. The basic code stays
+/// ours (550, 451): never 421.
+pub fn smtp_reply_with_status(
+    action: Action,
+    enhanced_status: Option<&str>,
+    reason: &str,
+    queue_id: &str,
+) -> Option<String> {
+    let (basic, class, ours) = match action {
+        Action::Reject => ("550", '5', "5.7.1"),
+        Action::Tempfail | Action::Error => ("451", '4', "4.7.1"),
         Action::Permit | Action::Discard | Action::Quarantine => return None,
     };
+    let status = enhanced_status
+        .filter(|status| is_enhanced_status(status) && status.starts_with(class))
+        .unwrap_or(ours);
+    let code = format!("{basic} {status}");
+    let code = code.as_str();
     let queue_id = escape_bounded(&clean(queue_id), MAX_QUEUE_ID_LEN, false);
     let suffix = if queue_id.is_empty() {
         String::new()
@@ -51,6 +69,18 @@ pub fn smtp_reply(action: Action, reason: &str, queue_id: &str) -> Option<String
         reason = UNSPECIFIED_REASON.to_owned();
     }
     Some(format!("{code} {reason}{suffix}"))
+}
+
+/// RFC 3463's `class.subject.detail`: a class of 2, 4 or 5, then two numbers of 1 to 3 digits.
+fn is_enhanced_status(status: &str) -> bool {
+    let mut parts = status.split('.');
+    let number = |part: Option<&str>| {
+        part.is_some_and(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!(parts.next(), Some("2" | "4" | "5"))
+        && number(parts.next())
+        && number(parts.next())
+        && parts.next().is_none()
 }
 
 /// The reason text of a quarantine (SMFIR_QUARANTINE, a NUL-terminated string Postfix logs and
@@ -155,6 +185,38 @@ mod tests {
                 "{action}"
             );
         }
+    }
+
+    #[test]
+    fn a_module_status_code_is_used_when_it_agrees_with_the_action() {
+        let table = [
+            (Action::Reject, Some("5.1.1"), "550 5.1.1 Bad SRS"),
+            (Action::Reject, Some("5.7.26"), "550 5.7.26 Bad SRS"),
+            (Action::Tempfail, Some("4.2.2"), "451 4.2.2 Bad SRS"),
+            (Action::Error, Some("4.3.0"), "451 4.3.0 Bad SRS"),
+            // another class than the answer's, or no status code at all: ours
+            (Action::Reject, Some("4.1.1"), "550 5.7.1 Bad SRS"),
+            (Action::Tempfail, Some("5.1.1"), "451 4.7.1 Bad SRS"),
+            (Action::Reject, Some("2.0.0"), "550 5.7.1 Bad SRS"),
+            (Action::Reject, Some("5.1"), "550 5.7.1 Bad SRS"),
+            (Action::Reject, Some("5.1.1.1"), "550 5.7.1 Bad SRS"),
+            (Action::Reject, Some("5.1000.1"), "550 5.7.1 Bad SRS"),
+            (Action::Reject, Some("5.1.x"), "550 5.7.1 Bad SRS"),
+            (Action::Reject, Some("5.1.1\r\n250 ok"), "550 5.7.1 Bad SRS"),
+            (Action::Reject, Some(""), "550 5.7.1 Bad SRS"),
+            (Action::Reject, None, "550 5.7.1 Bad SRS"),
+        ];
+        for (action, status, expected) in table {
+            assert_eq!(
+                smtp_reply_with_status(action, status, "Bad SRS", "").as_deref(),
+                Some(expected),
+                "{action} {status:?}"
+            );
+        }
+        assert_eq!(
+            smtp_reply_with_status(Action::Permit, Some("5.1.1"), "x", ""),
+            None
+        );
     }
 
     #[test]
@@ -333,6 +395,25 @@ mod proptests {
             prop_assert!(percents_paired(&reply), "{}", reply);
             prop_assert!(!reply.contains("  "));
             prop_assert!(reply.starts_with("550 5.7.1 ") || reply.starts_with("451 4.7.1 "));
+        }
+
+        #[test]
+        fn reply_with_any_status_is_always_safe(
+            action in prop::sample::select(Action::ALL.to_vec()),
+            status in prop_oneof![text(), "[245]\\.[0-9]{1,4}\\.[0-9]{1,4}"],
+            reason in text(),
+        ) {
+            let Some(reply) = smtp_reply_with_status(action, Some(&status), &reason, "Q") else {
+                return Ok(());
+            };
+            prop_assert!(reply.len() <= MAX_REPLY_LEN);
+            prop_assert!(reply.is_ascii() && !reply.chars().any(|c| c.is_ascii_control()));
+            prop_assert!(percents_paired(&reply), "{}", reply);
+            let (basic, rest) = reply.split_once(' ').unwrap();
+            let class = if action == Action::Reject { "5" } else { "4" };
+            prop_assert_eq!(basic, if action == Action::Reject { "550" } else { "451" });
+            let used = rest.split(' ').next().unwrap();
+            prop_assert!(used.starts_with(class) && is_enhanced_status(used), "{}", reply);
         }
 
         #[test]

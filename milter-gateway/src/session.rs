@@ -357,7 +357,10 @@ impl Session {
                 let address = args.first().map(|a| strip_angle(a)).unwrap_or_default();
                 // With RCPT_REJ Postfix also shows us recipients it refused itself: then
                 // {rcpt_mailer} is "error", {rcpt_host} the status and {rcpt_addr} the text.
-                let rejected = self.macro_value("{rcpt_mailer}") == Some("error");
+                let rejected = refused_by_postfix(
+                    self.macro_value("{rcpt_mailer}"),
+                    self.macro_value("{rcpt_host}"),
+                );
                 let reason = if rejected {
                     let status = self.macro_value("{rcpt_host}").unwrap_or_default();
                     let text = self.macro_value("{rcpt_addr}").unwrap_or_default();
@@ -580,6 +583,26 @@ impl Session {
     }
 }
 
+/// Whether the RCPT macros say Postfix refused the recipient itself (SMFIP_RCPT_REJ): the
+/// mailer `error` with a bare status code (`5.1.1`) as the host. An accepted recipient of a
+/// virtual alias domain has the mailer `error` too (trivial-rewrite resolves such domains to
+/// it; cleanup aliases the address later), but its host is the error text (`5.1.1 User unknown
+/// in virtual alias table`): it is a recipient like any other (an SRS bounce address, an alias).
+fn refused_by_postfix(mailer: Option<&str>, host: Option<&str>) -> bool {
+    let bare_status = host.is_some_and(|host| {
+        let mut parts = host.split('.');
+        matches!(parts.next(), Some("4" | "5"))
+            && parts
+                .by_ref()
+                .take(2)
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .count()
+                == 2
+            && parts.next().is_none()
+    });
+    mailer == Some("error") && bare_status
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -771,6 +794,50 @@ mod tests {
         assert_eq!(m.recipients, vec!["ok@y"]);
         assert_eq!(m.rejected_recipients[0].address, "nobody@y");
         assert_eq!(m.rejected_recipients[0].reason, "5.1.1 User unknown");
+    }
+
+    #[test]
+    fn accepted_recipients_of_a_virtual_alias_domain_are_not_taken_for_refused_ones() {
+        // what Postfix 3.7 sends for an address of a virtual_alias_domains domain it accepted
+        let mut s = connected();
+        s.on_command(Command::Mail(vec!["<>".into()])).unwrap();
+        s.on_command(Command::Macro {
+            stage: b'R',
+            macros: vec![
+                ("{rcpt_mailer}".into(), "error".into()),
+                (
+                    "{rcpt_host}".into(),
+                    "5.1.1 User unknown in virtual alias table".into(),
+                ),
+                (
+                    "{rcpt_addr}".into(),
+                    "srs0=hhhh=tt=d.test=u@virtual.test".into(),
+                ),
+            ],
+        })
+        .unwrap();
+        s.on_command(Command::Rcpt(vec![
+            "<SRS0=HHHH=TT=d.test=u@virtual.test>".into(),
+        ]))
+        .unwrap();
+        let m = judge(s.on_command(Command::EndOfMessage(Bytes::new())).unwrap());
+        assert_eq!(m.recipients, ["SRS0=HHHH=TT=d.test=u@virtual.test"]);
+        assert!(m.rejected_recipients.is_empty());
+        for (mailer, host, refused) in [
+            (Some("error"), Some("5.7.1"), true),
+            (Some("error"), Some("4.2.0"), true),
+            (Some("error"), Some("5.1.1 User unknown"), false),
+            (Some("error"), Some("5.1"), false),
+            (Some("error"), None, false),
+            (Some("smtp"), Some("5.1.1"), false),
+            (None, Some("5.1.1"), false),
+        ] {
+            assert_eq!(
+                refused_by_postfix(mailer, host),
+                refused,
+                "{mailer:?} {host:?}"
+            );
+        }
     }
 
     #[test]
@@ -980,7 +1047,8 @@ mod proptests {
     }
 
     /// The commands Postfix sends for these messages on one connection (PEERS.md §4), with
-    /// SMFIP_RCPT_REJ recipients it refused itself marked by `{rcpt_mailer}` = `error`.
+    /// SMFIP_RCPT_REJ recipients it refused itself marked by `{rcpt_mailer}` = `error` and a
+    /// bare status as `{rcpt_host}`.
     fn postfix_conversation(offer: (u32, u32, u32), sessions: &[Vec<MessagePlan>]) -> Vec<Command> {
         let mut out = vec![Command::OptNeg {
             version: offer.0,
@@ -1015,11 +1083,21 @@ mod proptests {
                     "SIZE=100".into(),
                 ]));
                 for (recipient, refused) in &message.recipients {
-                    let mailer = if *refused { "error" } else { "virtual" };
-                    steps.push(macro_for(
-                        b'R',
-                        &[("{rcpt_addr}", recipient), ("{rcpt_mailer}", mailer)],
-                    ));
+                    // refused: Postfix's status and text; accepted: the transport and host
+                    let macros: [(&str, &str); 3] = if *refused {
+                        [
+                            ("{rcpt_addr}", "<x>: Recipient address rejected"),
+                            ("{rcpt_host}", "5.1.1"),
+                            ("{rcpt_mailer}", "error"),
+                        ]
+                    } else {
+                        [
+                            ("{rcpt_addr}", recipient),
+                            ("{rcpt_host}", "mailbox.test"),
+                            ("{rcpt_mailer}", "virtual"),
+                        ]
+                    };
+                    steps.push(macro_for(b'R', &macros));
                     steps.push(Command::Rcpt(vec![format!("<{recipient}>")]));
                 }
                 let queue_id = format!("QID{n}x{i}");

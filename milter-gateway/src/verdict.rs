@@ -121,6 +121,9 @@ pub struct Decision {
     /// The reason before `%{...}` substitution (see [`substitute`]). Empty for permit, never
     /// empty otherwise.
     pub reason: String,
+    /// The enhanced status code (`5.1.1`) of the result the reason was taken from, if that
+    /// result gave one; `None` for permit and for the error rule's reason.
+    pub enhanced_status: Option<String>,
     /// Weighted sum of the results that suggested reject.
     pub reject_score: f64,
     /// Weighted sum of the results that suggested tempfail (reject points not included).
@@ -191,17 +194,22 @@ pub fn decide(policy: &Policy, results: &[CheckResult]) -> Decision {
         .count();
 
     let chosen = |action: Action| choose_reason(results, &actions, &weighted, |a| a == action);
-    let (action, reason) = if suggested(Action::Discard)
+    // The reason and the enhanced status code come from one result (or none).
+    let from = |chosen: Option<&CheckResult>| match chosen {
+        Some(result) => (result.message.clone(), result.enhanced_status.clone()),
+        None => (UNSPECIFIED_REASON.to_owned(), None),
+    };
+    let (action, (reason, enhanced_status)) = if suggested(Action::Discard)
         && total_of(Action::Discard) >= policy.breaker_score
     {
-        (Action::Discard, chosen(Action::Discard))
+        (Action::Discard, from(chosen(Action::Discard)))
     } else if suggested(Action::Quarantine) && total_of(Action::Quarantine) >= policy.breaker_score
     {
-        (Action::Quarantine, chosen(Action::Quarantine))
+        (Action::Quarantine, from(chosen(Action::Quarantine)))
     } else if reject_score >= policy.reject_score {
-        (Action::Reject, chosen(Action::Reject))
+        (Action::Reject, from(chosen(Action::Reject)))
     } else if errors > 0 {
-        (Action::Tempfail, Some(INTERNAL_ERROR_REASON.to_owned()))
+        (Action::Tempfail, (INTERNAL_ERROR_REASON.to_owned(), None))
     } else if clamp(tempfail_score + reject_score) >= policy.tempfail_score {
         let reason = if suggested(Action::Tempfail) {
             chosen(Action::Tempfail)
@@ -211,14 +219,15 @@ pub fn decide(policy: &Policy, results: &[CheckResult]) -> Decision {
             chosen(Action::Reject)
                 .or_else(|| choose_reason(results, &actions, &weighted, |a| a != Action::Error))
         };
-        (Action::Tempfail, reason)
+        (Action::Tempfail, from(reason))
     } else {
-        (Action::Permit, Some(String::new()))
+        (Action::Permit, (String::new(), None))
     };
 
     Decision {
         action,
-        reason: reason.unwrap_or_else(|| UNSPECIFIED_REASON.to_owned()),
+        reason,
+        enhanced_status,
         reject_score,
         tempfail_score,
         weighted,
@@ -313,12 +322,12 @@ fn total(values: impl IntoIterator<Item = f64>) -> f64 {
 /// The spec's reason choice among the results whose effective action passes `wanted`: the
 /// highest weighted score (> 0) with a message, first on ties; else the first with a message.
 /// `None` when no such result has a message.
-fn choose_reason(
-    results: &[CheckResult],
+fn choose_reason<'r>(
+    results: &'r [CheckResult],
     actions: &[Action],
     weighted: &[f64],
     wanted: impl Fn(Action) -> bool,
-) -> Option<String> {
+) -> Option<&'r CheckResult> {
     let candidates = || {
         results
             .iter()
@@ -335,7 +344,6 @@ fn choose_reason(
     }
     best.map(|(r, _)| r)
         .or_else(|| candidates().next().map(|(r, _)| r))
-        .map(|r| r.message.clone())
 }
 
 /// The values of the `%{...}` variables (spec §4.6).
@@ -435,6 +443,7 @@ mod tests {
             determinants: serde_json::json!({}),
             duration: 0.0,
             changes: Default::default(),
+            enhanced_status: None,
         }
     }
 

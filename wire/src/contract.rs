@@ -212,23 +212,31 @@ pub enum ModuleName {
     SpamAssassin,
     Clamav,
     Greylisting,
+    Srs,
     /// A module this build does not know, as it was spelled.
     Unknown(String),
 }
 
 impl ModuleName {
     /// The modules this build knows, in the configuration's order.
-    pub const KNOWN: [ModuleName; 5] = [
+    pub const KNOWN: [ModuleName; 6] = [
         ModuleName::Quotas,
         ModuleName::Rspamd,
         ModuleName::SpamAssassin,
         ModuleName::Clamav,
         ModuleName::Greylisting,
+        ModuleName::Srs,
     ];
 
     /// The names of [`ModuleName::KNOWN`], in the same order.
-    pub const KNOWN_NAMES: [&'static str; 5] =
-        ["quotas", "rspamd", "spamassassin", "clamav", "greylisting"];
+    pub const KNOWN_NAMES: [&'static str; 6] = [
+        "quotas",
+        "rspamd",
+        "spamassassin",
+        "clamav",
+        "greylisting",
+        "srs",
+    ];
 
     /// `name` as this build knows it (exactly as the wire and the configuration spell it), or
     /// [`ModuleName::Unknown`].
@@ -239,6 +247,7 @@ impl ModuleName {
             "spamassassin" => Self::SpamAssassin,
             "clamav" => Self::Clamav,
             "greylisting" => Self::Greylisting,
+            "srs" => Self::Srs,
             other => Self::Unknown(other.to_owned()),
         }
     }
@@ -251,6 +260,7 @@ impl ModuleName {
             Self::SpamAssassin => "spamassassin",
             Self::Clamav => "clamav",
             Self::Greylisting => "greylisting",
+            Self::Srs => "srs",
             Self::Unknown(name) => name,
         }
     }
@@ -376,6 +386,13 @@ pub struct CheckResult {
     pub duration: f64,
     #[serde(default, skip_serializing_if = "MilterChanges::is_empty")]
     pub changes: MilterChanges,
+    /// The RFC 3463 enhanced status code (`class.subject.detail`, e.g. `5.1.1` for a bad
+    /// recipient) the SMTP reply should carry when this result's message becomes the reply's
+    /// reason. Absent: the gateway's own (`5.7.1`, `4.7.1`). The gateway uses it only when its
+    /// class agrees with what is answered (5 for a reject, 4 for a tempfail). Added within
+    /// version 1: older results have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced_status: Option<String>,
 }
 
 impl CheckResult {
@@ -395,6 +412,7 @@ impl CheckResult {
             determinants: serde_json::json!({ "error": reason.to_string() }),
             duration: 0.0,
             changes: MilterChanges::default(),
+            enhanced_status: None,
         }
     }
 }
@@ -1101,6 +1119,28 @@ mod tests {
         assert_eq!(result.action, Action::Reject);
         assert_eq!(result.message, "");
         assert!(result.changes.is_empty());
+    }
+
+    #[test]
+    fn the_enhanced_status_is_optional_and_round_trips() {
+        // a result from before the field: none
+        let id = Uuid::now_v7();
+        let old = format!(
+            r#"{{"version":1,"message_id":"{id}","module":"srs","action":"reject","score":100.0,
+                "message":"no such user","determinants":{{}},"duration":0.001}}"#
+        );
+        let result: CheckResult = decode(old.as_bytes()).unwrap();
+        assert_eq!(result.enhanced_status, None);
+        // none is not written, so an older reader sees the result as it always did
+        let json = serde_json::to_value(&result).unwrap();
+        assert!(json.get("enhanced_status").is_none(), "{json}");
+        let mut refused = result;
+        refused.enhanced_status = Some("5.1.1".into());
+        let bytes = encode(&refused);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["enhanced_status"], "5.1.1");
+        let back: CheckResult = decode(&bytes).unwrap();
+        assert_eq!(back, refused);
     }
 
     #[test]

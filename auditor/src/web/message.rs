@@ -60,6 +60,36 @@ pub struct HeaderLine {
     pub value: String,
 }
 
+/// The envelope changes in the srs module's determinants (`sender.rewritten`,
+/// `recipients[].reversed`), in that order.
+pub fn envelope_changes(results: &[ModuleResult]) -> Vec<EnvelopeChange> {
+    let mut changes = Vec::new();
+    let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+    for result in results.iter().filter(|r| r.module == "srs") {
+        let sender = &result.determinants["sender"];
+        if let (Some(from), Some(to)) = (text(&sender["original"]), text(&sender["rewritten"])) {
+            changes.push(EnvelopeChange {
+                what: "Sender rewritten (SRS)".to_owned(),
+                from,
+                to,
+            });
+        }
+        let recipients = result.determinants["recipients"].as_array();
+        for recipient in recipients.into_iter().flatten() {
+            if let (Some(from), Some(to)) =
+                (text(&recipient["address"]), text(&recipient["reversed"]))
+            {
+                changes.push(EnvelopeChange {
+                    what: "Recipient reversed (SRS)".to_owned(),
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+    changes
+}
+
 /// One line of a result's determinants: a key at a depth, and its value if it is a scalar.
 #[derive(Clone, Debug)]
 pub struct DetRow {
@@ -82,6 +112,16 @@ pub struct ModuleResult {
     pub determinants: serde_json::Value,
     #[serde(skip)]
     pub rows: Vec<DetRow>,
+}
+
+/// An envelope change a module made, as the srs module's determinants tell it: the sender
+/// rewritten (SRS), a recipient reversed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct EnvelopeChange {
+    /// `Sender rewritten (SRS)` or `Recipient reversed (SRS)`.
+    pub what: String,
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -127,6 +167,8 @@ pub struct MessageDetail {
     pub headers_truncated: bool,
     pub session: Session,
     pub recipients: Vec<Recipient>,
+    /// The envelope as it left: the srs module's rewritten sender and reversed recipients.
+    pub envelope_changes: Vec<EnvelopeChange>,
     pub headers: Vec<HeaderLine>,
     pub results: Vec<ModuleResult>,
     pub verdict: Verdict,
@@ -181,6 +223,7 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
         })
         .collect();
     let verdict = explain(&row, &results);
+    let envelope_changes = envelope_changes(&results);
     Ok(MessageDetail {
         id: id.hyphenated().to_string(),
         date: fmt_date(row.date),
@@ -217,6 +260,7 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
             instance: row.instance,
         },
         recipients,
+        envelope_changes,
         headers: headers
             .into_iter()
             .map(|(name, value)| HeaderLine {
@@ -481,6 +525,61 @@ mod tests {
                 (1, "GTUBE", ""),
                 (2, "options", "x, y"),
                 (2, "score", "0.0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_srs_module_s_envelope_changes_are_shown() {
+        let result = |module: &str, determinants: serde_json::Value| ModuleResult {
+            module: module.to_owned(),
+            suggested: "permit".to_owned(),
+            score: 0.0,
+            weighted_score: 0.0,
+            duration_ms: 0.1,
+            message: String::new(),
+            late: false,
+            rows: flatten(&determinants),
+            determinants,
+        };
+        let results = [
+            result(
+                "rspamd",
+                serde_json::json!({ "sender": { "original": "x", "rewritten": "y" } }),
+            ),
+            result(
+                "srs",
+                serde_json::json!({
+                    "sender": { "original": "a@s.test", "rewritten": "SRS0=h=TT=s.test=a@v.test" },
+                    "recipients": [
+                        { "address": "SRS0=g=TT=o.test=b@v.test", "reversed": "b@o.test" },
+                        { "address": "SRS0=bad@v.test", "not_reversed": "forged" }
+                    ]
+                }),
+            ),
+            result(
+                "srs",
+                serde_json::json!({ "sender": { "original": "c@v.test", "unchanged": "ours" } }),
+            ),
+        ];
+        let change = |what: &str, from: &str, to: &str| EnvelopeChange {
+            what: what.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        assert_eq!(
+            envelope_changes(&results),
+            [
+                change(
+                    "Sender rewritten (SRS)",
+                    "a@s.test",
+                    "SRS0=h=TT=s.test=a@v.test"
+                ),
+                change(
+                    "Recipient reversed (SRS)",
+                    "SRS0=g=TT=o.test=b@v.test",
+                    "b@o.test"
+                ),
             ]
         );
     }

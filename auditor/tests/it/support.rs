@@ -266,6 +266,7 @@ pub fn result(
             determinants,
             duration: 0.125,
             changes: MilterChanges::default(),
+            enhanced_status: None,
         },
         weighted_score: score * 0.5,
         late,

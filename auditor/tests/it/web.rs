@@ -727,6 +727,50 @@ async fn the_message_page_explains_the_verdict_and_shows_every_part() {
 }
 
 #[tokio::test]
+async fn the_message_page_shows_the_srs_envelope_changes() {
+    let env = WebEnv::new().await;
+    let mut event = support::event();
+    event.results.push(support::result(
+        event.message_id,
+        "srs",
+        wire::Action::Permit,
+        0.0,
+        serde_json::json!({
+            "sender": {
+                "original": "alice@sender.test",
+                "rewritten": "SRS0=ZNCJ=J2=sender.test=alice@virtual.test",
+                "domain": "virtual.test"
+            },
+            "recipients": [{
+                "address": "SRS0=AbCd=J2=orig.test=carol@virtual.test",
+                "reversed": "carol@orig.test",
+                "kind": "SRS0"
+            }]
+        }),
+        false,
+    ));
+    env.store(std::slice::from_ref(&event)).await;
+    let session = env.login().await;
+    let id = event.message_id.0.hyphenated().to_string();
+    let (status, html) = env.page(&session, &format!("/messages/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    for expected in [
+        "<tr><th>Sender rewritten (SRS)</th><td>alice@sender.test → \
+         SRS0=ZNCJ=J2=sender.test=alice@virtual.test</td></tr>",
+        "<tr><th>Recipient reversed (SRS)</th><td>\
+         SRS0=AbCd=J2=orig.test=carol@virtual.test → carol@orig.test</td></tr>",
+    ] {
+        assert!(html.contains(expected), "message page lacks {expected:?}");
+    }
+    let json = env.api_json(&format!("/api/v1/messages/{id}")).await;
+    assert_eq!(
+        json["envelope_changes"][0]["to"],
+        "SRS0=ZNCJ=J2=sender.test=alice@virtual.test"
+    );
+    assert_eq!(json["envelope_changes"][1]["to"], "carol@orig.test");
+}
+
+#[tokio::test]
 async fn bounces_list_filter_and_link_to_their_messages() {
     let env = WebEnv::new().await;
     let mut message = support::event();

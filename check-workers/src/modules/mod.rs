@@ -6,7 +6,7 @@ use std::sync::Arc;
 use platform::config::Config;
 use wire::ModuleName;
 
-use crate::module::{Module, ModuleError};
+use crate::module::{BoxError, Module, ModuleError};
 
 pub mod clamav;
 pub mod greylisting;
@@ -43,6 +43,12 @@ pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Module>, BuildError>
                 source,
             },
         )?)),
+        ModuleName::Srs => Ok(Arc::new(srs::SrsModule::new(&config.srs).map_err(
+            |source| BuildError::Setup {
+                module: srs::NAME,
+                source: Box::new(source),
+            },
+        )?)),
         ModuleName::Unknown(other) => Err(BuildError::Unknown(other)),
     }
 }
@@ -58,21 +64,48 @@ pub enum BuildError {
         #[source]
         source: ModuleError,
     },
+    /// The module's own files or settings cannot be used (the SRS secrets file).
+    #[error("cannot set up module `{module}`")]
+    Setup {
+        module: &'static str,
+        #[source]
+        source: BoxError,
+    },
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::module::error_chain;
     use platform::config::KNOWN_MODULES;
 
     #[test]
     fn every_known_module_can_be_built() {
-        let config = Config::default();
+        let mut config = Config::default();
+        // srs reads its secrets file when it is built
+        let dir = std::env::temp_dir().join(format!("cluegetter-build-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        config.srs.secrets_file = dir.join("srs.secret");
+        std::fs::write(&config.srs.secrets_file, "s3cret\n").unwrap();
         for name in KNOWN_MODULES {
             match build(name, &config) {
                 Ok(module) => assert_eq!(module.name(), *name),
                 Err(e) => panic!("{name}: {e}"),
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn srs_without_its_secrets_file_is_a_clear_error() {
+        let mut config = Config::default();
+        config.srs.secrets_file = "/nonexistent/cluegetter-srs.secret".into();
+        let error = build("srs", &config).err().unwrap();
+        assert_eq!(
+            error_chain(&error),
+            "cannot set up module `srs`: cannot read the SRS secrets file \
+             /nonexistent/cluegetter-srs.secret: No such file or directory (os error 2)"
+        );
     }
 }

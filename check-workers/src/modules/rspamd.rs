@@ -204,6 +204,7 @@ fn to_result(request: &CheckRequest, reply: RspamdScanReply, multiplier: f64) ->
         determinants,
         duration: 0.0,
         changes,
+        enhanced_status: None,
     }
 }
 

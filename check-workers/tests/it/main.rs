@@ -16,6 +16,8 @@
 //!   triplet, MariaDB down, check latency).
 //! - [`srs`]: the SRS scheme against the real PostSRSd 1.x, both ways (its own `postsrsd`
 //!   per test; `scripts/start-peers.sh postsrsd`).
+//! - [`srs_module`]: the srs module through the worker loop (forward, reverse, refusals at
+//!   RCPT with 5.1.1, senders left alone, the secrets file missing or empty).
 //! - [`worker`]: the loop itself with stand-in modules (bad input, errors, timeouts, panics,
 //!   concurrency, shutdown, reconnecting).
 //!
@@ -30,4 +32,5 @@ mod quotas;
 mod rspamd;
 mod spamassassin;
 mod srs;
+mod srs_module;
 mod worker;

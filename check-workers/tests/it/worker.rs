@@ -69,6 +69,7 @@ fn permit(request: &CheckRequest) -> CheckResult {
         determinants: serde_json::json!({}),
         duration: 0.0,
         changes: Default::default(),
+        enhanced_status: None,
     }
 }
 

@@ -156,6 +156,7 @@ pub fn answer(request: &CheckRequest) -> (Duration, CheckResult) {
         determinants: serde_json::json!({ "worker": "milter-gateway tests/it" }),
         duration: 0.001,
         changes: MilterChanges::default(),
+        enhanced_status: None,
     };
     let mut delay = Duration::ZERO;
     match local {
@@ -611,6 +612,7 @@ impl HeldWorker {
                         determinants: serde_json::json!({ "worker": "held" }),
                         duration: 0.001,
                         changes: MilterChanges::default(),
+                        enhanced_status: None,
                     };
                     if request
                         .envelope

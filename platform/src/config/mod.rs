@@ -36,7 +36,7 @@ pub use connections::{BrokerConfig, DatabaseConfig, Urls, redact};
 pub use gateway::{FailAction, GatewayConfig};
 pub use modules::{
     ClamavConfig, ClamdAddress, GreylistingConfig, ModuleSettings, OnError, QuotasConfig,
-    RspamdConfig, SpamAssassinConfig, StageChecksConfig, VerdictMsg,
+    RspamdConfig, SpamAssassinConfig, SrsConfig, SrsRewrite, StageChecksConfig, VerdictMsg,
 };
 
 /// The modules a check worker can serve and the gateway can ask. Group membership and
@@ -85,6 +85,7 @@ pub struct Config {
     pub spamassassin: SpamAssassinConfig,
     pub clamav: ClamavConfig,
     pub greylisting: GreylistingConfig,
+    pub srs: SrsConfig,
 }
 
 impl Default for Config {
@@ -114,6 +115,7 @@ impl Default for Config {
             spamassassin: SpamAssassinConfig::default(),
             clamav: ClamavConfig::default(),
             greylisting: GreylistingConfig::default(),
+            srs: SrsConfig::default(),
         }
     }
 }
@@ -127,6 +129,7 @@ impl Config {
             "spamassassin" => Some(&self.spamassassin),
             "clamav" => Some(&self.clamav),
             "greylisting" => Some(&self.greylisting),
+            "srs" => Some(&self.srs),
             _ => None,
         }
     }
@@ -138,6 +141,21 @@ impl Config {
             .copied()
             .filter(|m| self.module(m).is_some_and(|s| s.enabled()))
             .collect()
+    }
+
+    /// Whether the gateway asks `module` at `stage` before end of message about `recipient`
+    /// (empty before RCPT): the modules `[stage-checks]` lists there, and at RCPT the srs
+    /// module, when enabled, about recipients that look like SRS addresses (it refuses forged
+    /// ones there without a `[stage-checks]` entry).
+    pub fn asks_early(&self, module: &str, stage: CheckStage, recipient: &str) -> bool {
+        self.stage_checks.modules(stage).iter().any(|m| m == module)
+            || (stage == CheckStage::Rcpt && module == "srs" && self.srs.asks_at_rcpt(recipient))
+    }
+
+    /// Whether any module may be asked at `stage` before end of message.
+    pub fn checks_early_at(&self, stage: CheckStage) -> bool {
+        !self.stage_checks.modules(stage).is_empty()
+            || (stage == CheckStage::Rcpt && self.srs.enabled)
     }
 
     /// Whether the client address is in `monitor-host`.
@@ -209,6 +227,7 @@ impl Config {
         }
         self.validate_content_scanners()?;
         self.greylisting.validate()?;
+        self.srs.validate()?;
         self.quotas.validate(self.gateway.message_deadline)?;
         self.auditor.validate()?;
         self.bounce_ingest.validate()?;
@@ -294,6 +313,7 @@ pub fn load(path: Option<&Path>, env: HashMap<String, String>) -> Result<Config,
             .with_list_parse_key("monitor-host")
             .with_list_parse_key("add-header")
             .with_list_parse_key("bounce-ingest.allow")
+            .with_list_parse_key("srs.local-domains")
             .source(Some(env)),
     );
     let load_err = |source| ConfigError::Load {

@@ -309,6 +309,69 @@ fn greylisting_durations_and_resolver_are_read() {
 }
 
 #[test]
+fn srs_is_read_and_asked_at_rcpt_about_srs_addresses_only() {
+    let config = load_text(
+        "[srs]\nenabled = true\ndomain = \"srs.example.net\"\n\
+         local-domains = [\"example.net\", \"Example.ORG\"]\nrewrite = \"always\"\n\
+         separator = \"+\"\nmax-age = \"30d\"\n",
+    )
+    .unwrap();
+    let srs = &config.srs;
+    assert_eq!(srs.rewrite, SrsRewrite::Always);
+    assert_eq!(srs.separator, '+');
+    assert_eq!(srs.max_age_days(), 30);
+    assert!(srs.is_local_domain("example.org") && srs.is_local_domain("SRS.example.NET"));
+    assert!(!srs.is_local_domain("example.com"));
+    assert_eq!(config.module("srs").unwrap().max_size(), None);
+    assert_eq!(config.enabled_modules(), ["srs"]);
+    // asked at RCPT without a [stage-checks] entry, about SRS-looking recipients only
+    assert!(config.checks_early_at(CheckStage::Rcpt));
+    assert!(!config.checks_early_at(CheckStage::Helo));
+    assert!(config.asks_early("srs", CheckStage::Rcpt, "srs0=x@example.net"));
+    assert!(!config.asks_early("srs", CheckStage::Rcpt, "bob@example.net"));
+    assert!(!config.asks_early("srs", CheckStage::Helo, "SRS0=x@example.net"));
+    assert!(!config.asks_early("rspamd", CheckStage::Rcpt, "SRS0=x@example.net"));
+    let env = HashMap::from([(
+        "CLUEGETTER_SRS__LOCAL_DOMAINS".to_owned(),
+        "a.test,b.test".to_owned(),
+    )]);
+    assert_eq!(
+        load(None, env).unwrap().srs.local_domains,
+        ["a.test", "b.test"]
+    );
+    // disabled: nothing asked
+    let config = Config::default();
+    assert!(!config.checks_early_at(CheckStage::Rcpt));
+    assert!(!config.asks_early("srs", CheckStage::Rcpt, "SRS0=x@example.net"));
+}
+
+#[test]
+fn srs_values_that_make_no_sense_are_refused() {
+    for (text, key) in [
+        ("enabled = true", "domain must be set"),
+        (
+            "enabled = true\ndomain = \"d\"\nsecrets-file = \"\"",
+            "secrets-file",
+        ),
+        ("hash-length = 0", "hash-length"),
+        ("hash-length = 28", "hash-length"),
+        ("hash-length = 4\nhash-min-length = 5", "hash-min-length"),
+        ("separator = \"/\"", "separator"),
+        ("max-age = \"36h\"", "max-age"),
+        ("max-age = \"1024d\"", "max-age"),
+        ("local-domains = [\"a@b\"]", "not a domain name"),
+        ("local-domains = [\"\"]", "empty name"),
+        ("recipient-header = \"X Original\"", "recipient-header"),
+        ("rewrite = \"sometimes\"", "rewrite"),
+    ] {
+        let err = load_text(&format!("[srs]\n{text}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}
+
+#[test]
 fn greylisting_values_that_make_no_sense_are_refused() {
     for (text, key) in [
         ("client-ipv4-prefix = 33", "client-ipv4-prefix"),

@@ -76,6 +76,7 @@ async fn held_spamassassin(
                 determinants: serde_json::json!({ "worker": "late results test" }),
                 duration: 0.001,
                 changes: MilterChanges::default(),
+                enhanced_status: None,
             };
             let mut properties =
                 BasicProperties::default().with_content_type("application/json".into());

@@ -12,6 +12,7 @@ mod greylisting;
 mod late_results;
 mod quotas;
 mod spine;
+mod srs;
 
 use std::net::SocketAddr;
 use std::time::Duration;

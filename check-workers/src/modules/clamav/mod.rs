@@ -201,6 +201,7 @@ fn to_result(
         determinants,
         duration: 0.0,
         changes: MilterChanges::default(),
+        enhanced_status: None,
     }
 }
 

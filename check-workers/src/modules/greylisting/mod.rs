@@ -292,6 +292,7 @@ fn permit(request: &CheckRequest, score: f64, determinants: Value) -> CheckResul
         determinants,
         duration: 0.0,
         changes: MilterChanges::default(),
+        enhanced_status: None,
     }
 }
 
@@ -381,6 +382,7 @@ fn to_result(
                     determinants,
                     duration: 0.0,
                     changes: MilterChanges::default(),
+                    enhanced_status: None,
                 }
             }
         }

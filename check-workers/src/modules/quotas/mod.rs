@@ -247,6 +247,7 @@ pub fn to_result(request: &CheckRequest, outcome: &CheckOutcome) -> CheckResult 
         determinants,
         duration: 0.0,
         changes: MilterChanges::default(),
+        enhanced_status: None,
     }
 }
 

@@ -179,6 +179,7 @@ fn to_result(
         }),
         duration: 0.0,
         changes: MilterChanges::default(),
+        enhanced_status: None,
     }
 }
 

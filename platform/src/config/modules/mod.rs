@@ -11,12 +11,14 @@ mod greylisting;
 mod quotas;
 mod rspamd;
 mod spamassassin;
+mod srs;
 
 pub use clamav::{ClamavConfig, ClamdAddress};
 pub use greylisting::GreylistingConfig;
 pub use quotas::QuotasConfig;
 pub use rspamd::RspamdConfig;
 pub use spamassassin::{SpamAssassinConfig, VerdictMsg};
+pub use srs::{SrsConfig, SrsRewrite};
 
 /// What an error of a module does to the verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
