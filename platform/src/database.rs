@@ -101,6 +101,13 @@ pub fn pool_with(options: MySqlConnectOptions, settings: &PoolSettings) -> MySql
                     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
                 )
                 .await?;
+                if is_galera(&mut *conn).await? {
+                    // causal reads: a statement sees every transaction committed anywhere in
+                    // the cluster before it began (a quota reservation committed on one node
+                    // and settled on another; an archive row stored on one node and looked
+                    // up on another), not only those this node has applied so far
+                    sqlx::Executor::execute(&mut *conn, "SET SESSION wsrep_sync_wait = 1").await?;
+                }
                 Ok(())
             })
         })
@@ -158,6 +165,23 @@ impl fmt::Debug for Database {
             .field("current", &self.current_node())
             .finish_non_exhaustive()
     }
+}
+
+/// Transactions tried again after losing a conflict ([`ConflictRetries`]), by what was tried.
+pub const METRIC_CONFLICT_RETRIES: &str = "cluegetter_database_conflict_retries_total";
+/// Moves to another database node ([`Database`]).
+pub const METRIC_FAILOVERS: &str = "cluegetter_database_failovers_total";
+
+/// Describes this module's metrics (once the recorder is installed).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        METRIC_CONFLICT_RETRIES,
+        "Database transactions tried again after losing a conflict (deadlock, Galera certification, lock wait timeout)"
+    );
+    metrics::describe_counter!(
+        METRIC_FAILOVERS,
+        "Moves to another node of [database] url after the node in use failed"
+    );
 }
 
 /// How long the probe waits for one node to accept a connection and answer.
@@ -293,6 +317,7 @@ impl Database {
                     if index == from {
                         tracing::info!(node = %node.shown, "the database node in use answers again");
                     } else {
+                        metrics::counter!(METRIC_FAILOVERS).increment(1);
                         tracing::warn!(
                             from = %self.inner.nodes[from].shown,
                             to = %node.shown,
@@ -331,10 +356,7 @@ pub fn probe_order(from: usize, count: usize) -> impl Iterator<Item = usize> {
 /// too) is ready.
 async fn node_is_ready(options: &MySqlConnectOptions) -> Result<bool, sqlx::Error> {
     let mut conn = MySqlConnection::connect_with(options).await?;
-    let galera: Option<(String, String)> = sqlx::query_as("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
-        .fetch_optional(&mut conn)
-        .await?;
-    if !galera.is_some_and(|(_, on)| is_on(&on)) {
+    if !is_galera(&mut conn).await? {
         return Ok(true);
     }
     let ready: Option<(String, String)> = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
@@ -343,6 +365,15 @@ async fn node_is_ready(options: &MySqlConnectOptions) -> Result<bool, sqlx::Erro
     // closing politely is not worth waiting for
     drop(conn);
     Ok(ready.is_some_and(|(_, value)| is_on(&value)))
+}
+
+/// Whether the server is a Galera node (`wsrep_on`; Debian's MariaDB has the variable, OFF,
+/// without Galera; MySQL has none).
+async fn is_galera(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
+    let galera: Option<(String, String)> = sqlx::query_as("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(galera.is_some_and(|(_, on)| is_on(&on)))
 }
 
 fn is_on(value: &str) -> bool {
@@ -490,6 +521,7 @@ impl ConflictRetries {
             return false;
         }
         let pause = self.pause.next_delay();
+        metrics::counter!(METRIC_CONFLICT_RETRIES, "what" => self.what).increment(1);
         tracing::debug!(%error, attempt = self.made, ?pause, "{} lost a conflict; retrying", self.what);
         self.made += 1;
         tokio::time::sleep(pause).await;

@@ -10,7 +10,9 @@
 //! - `rabbit-node-kill9`: the node every process connects to first (node 1);
 //! - `audit-leader-kill9`: the node that leads the quorum queue `cluegetter.audit.archive`;
 //! - `galera-node-kill9`: with `[database] url` = the three Galera nodes, the node the auditor
-//!   writes to (node 1); the books are done on node 2.
+//!   writes to (node 1); the books are done on node 2;
+//! - `galera-quota-race`: quotas exact across Galera nodes, four `check-workers` processes (two
+//!   writing to node 1, two to node 2) and eight clients against one curb, three runs.
 //!
 //! In the first two the archive is a fresh database on the shared MariaDB at 127.0.0.1:3306.
 //!
@@ -80,6 +82,7 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
         "rabbit-node-kill9",
         "audit-leader-kill9",
         "galera-node-kill9",
+        "galera-quota-race",
     ]
     .into_iter()
     .filter(|name| {
@@ -92,7 +95,8 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
             match scenario {
                 "rabbit-node-kill9" => scenarios::node_kill(&mut lab).await,
                 "audit-leader-kill9" => scenarios::leader_kill(&mut lab).await,
-                _ => scenarios::galera_kill(&mut lab).await,
+                "galera-node-kill9" => scenarios::galera_kill(&mut lab).await,
+                _ => scenarios::galera_quota_race(&mut lab).await,
             }
         };
         let result = tokio::time::timeout(SCENARIO_LIMIT, run)

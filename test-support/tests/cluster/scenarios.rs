@@ -78,6 +78,8 @@ impl Lab {
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
             auditor_web: free_port()?,
+            worker_metrics: free_port()?,
+            extra: String::new(),
         };
         setup.write_config()?;
         Ok(setup)
@@ -126,6 +128,22 @@ impl BrokerLink {
             )
             .await?
             .message_count())
+    }
+
+    /// Consumers of `queue`.
+    async fn consumers(&self, queue: &str) -> Result<u32> {
+        Ok(self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .consumer_count())
     }
 
     async fn close(self) {
@@ -504,4 +522,210 @@ pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
     auditor.stop().await;
     pool.close().await;
     Ok(books)
+}
+
+/// Quota race across Galera nodes: runs, messages per run, recipients per message, curb.
+const QUOTA_RUNS: usize = 3;
+const QUOTA_MESSAGES: usize = 300;
+const QUOTA_CURB: usize = 200;
+/// Every message of the load has two recipients in `mailbox.test` (`../faults/client.rs`).
+const QUOTA_UNITS_PER_MESSAGE: usize = 2;
+const QUOTA_WORKERS: usize = 4;
+const QUOTA_CLIENTS: usize = 8;
+
+/// Quotas stay exact across Galera nodes: the quota module on four `check-workers` processes,
+/// two writing to Galera node 1 and two to node 2 (`[database] url` in another order), eight
+/// SMTP clients at once, a curb of 200 recipients an hour for the recipient domain (100
+/// messages of two recipients): exactly 100 messages are permitted and 200 units kept, every
+/// run. Two nodes' transactions on one quota row conflict at commit (Galera certification,
+/// 1213); the store tries them again.
+pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
+    let name = "galera-quota-race";
+    let database = format!("cg_quota_{}", std::process::id());
+    let urls = lab.cluster.database_urls(&database);
+    let mut setup = lab.setup_with(name, urls.clone()).await?;
+    setup.extra = "[quotas]\n\
+                   enabled = true\n\
+                   account-client-address = false\n\
+                   account-recipient-domain = true\n"
+        .to_owned();
+    setup.write_config()?;
+    let mut auditor = Process::start(Kind::Auditor, &setup).await?;
+    // the schema first: a statement beside a migration's DDL on Galera is aborted (1213)
+    let auditor_log = setup.dir.join("auditor.log");
+    let end = Instant::now() + FAILOVER;
+    while !std::fs::read_to_string(&auditor_log)
+        .unwrap_or_default()
+        .contains("database schema is up to date")
+    {
+        if Instant::now() >= end {
+            bail!("the auditor did not migrate the Galera database within {FAILOVER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let node = |n: usize| {
+        let url = urls[n].clone();
+        async move {
+            test_support::eventually(FAILOVER, "the migrated archive on a Galera node", || {
+                let url = url.clone();
+                async move {
+                    let pool = sqlx::mysql::MySqlPoolOptions::new()
+                        .max_connections(2)
+                        .connect(&url)
+                        .await
+                        .ok()?;
+                    sqlx::query("SELECT 1 FROM quota LIMIT 1")
+                        .execute(&pool)
+                        .await
+                        .ok()?;
+                    Some(pool)
+                }
+            })
+            .await
+        }
+    };
+    let (pool1, pool2) = (node(0).await?, node(1).await?);
+    sqlx::query("INSERT INTO instance (name) VALUES ('faults')")
+        .execute(&pool1)
+        .await?;
+    sqlx::query(
+        "INSERT INTO quota_class (cluegetter_instance, name) \
+         SELECT id, 'race' FROM instance WHERE name = 'faults'",
+    )
+    .execute(&pool1)
+    .await?;
+    sqlx::query("INSERT INTO quota_profile (class, name) SELECT id, 'race' FROM quota_class")
+        .execute(&pool1)
+        .await?;
+    sqlx::query("INSERT INTO quota_profile_period (profile, period, curb) SELECT id, 3600, ? FROM quota_profile")
+        .bind(u32::try_from(QUOTA_CURB)?)
+        .execute(&pool1)
+        .await?;
+    sqlx::query(
+        "INSERT INTO quota (selector, value, profile) \
+         SELECT 'recipient_domain', 'mailbox.test', id FROM quota_profile",
+    )
+    .execute(&pool1)
+    .await?;
+
+    // two workers on node 1 first, two on node 2 first
+    let mut workers = Vec::new();
+    for i in 0..QUOTA_WORKERS {
+        let mut own = setup.clone();
+        own.dir = setup.dir.join(format!("worker{i}"));
+        own.worker_metrics = free_port()?;
+        own.database_urls = urls.clone();
+        if i % 2 == 1 {
+            own.database_urls.swap(0, 1);
+        }
+        own.write_config()?;
+        workers.push(Process::start(Kind::Worker, &own).await?);
+    }
+    let queue = platform::broker::check_queue("quotas");
+    let end = Instant::now() + FAILOVER;
+    loop {
+        // a passive declare of a queue not there yet closes the channel: a new link each time
+        let link = BrokerLink::open(&setup.broker_urls).await?;
+        let consumers = link.consumers(&queue).await.unwrap_or(0);
+        link.close().await;
+        if consumers >= QUOTA_WORKERS as u32 {
+            break;
+        }
+        if Instant::now() >= end {
+            bail!("{QUOTA_WORKERS} consumers on {queue} not there within {FAILOVER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
+    reconnected(&setup.dir.join("gateway.log"), 0, 1, "no node")
+        .await
+        .context("the gateway's broker connection before the load")?;
+
+    let expected = QUOTA_CURB / QUOTA_UNITS_PER_MESSAGE;
+    let mut all_sent = Vec::new();
+    let mut notes = Vec::new();
+    let mut wrong = Vec::new();
+    for run in 0..QUOTA_RUNS {
+        let begun = Instant::now();
+        let sent = Drive::start(
+            SocketAddr::from(([127, 0, 0, 1], setup.milter_port)),
+            Load {
+                messages: QUOTA_MESSAGES,
+                connections: QUOTA_CLIENTS,
+                rate: 1000.0,
+                per_session: 5,
+                prefix: format!("CQR{run}"),
+            },
+        )
+        .finish()
+        .await;
+        let took = begun.elapsed();
+        let permitted = sent
+            .iter()
+            .filter(|s| matches!(s.reply.as_deref(), Some("continue" | "accept")))
+            .count();
+        let tempfailed = sent
+            .iter()
+            .filter(|s| s.reply.as_deref() == Some("tempfail"))
+            .count();
+        // every reservation settled (the audit events reach the workers' settle queue)
+        let (kept, unsettled) = wait_settled(&pool2).await?;
+        let note = format!(
+            "run {run}: {QUOTA_MESSAGES} messages from {QUOTA_CLIENTS} clients in {:.1} s: \
+             {permitted} permitted, {tempfailed} tempfailed, {kept} units kept (curb \
+             {QUOTA_CURB}), {unsettled} reservations unsettled",
+            took.as_secs_f64()
+        );
+        crate::report(&note);
+        if permitted != expected || kept != QUOTA_CURB as u64 || unsettled != 0 {
+            wrong.push(note.clone());
+        }
+        notes.push(note);
+        sqlx::query("DELETE FROM quota_message")
+            .execute(&pool1)
+            .await?;
+        all_sent.extend(sent);
+    }
+    let conflicts: f64 = workers
+        .iter()
+        .map(|w| {
+            w.metric("cluegetter_database_conflict_retries_total{what=\"quota transaction\"}")
+                .unwrap_or(0.0)
+        })
+        .sum();
+    notes.push(format!("conflict retries in the workers: {conflicts}"));
+    drain(&setup, &pool2, &all_sent).await?;
+    let mut books = account::account(name, &pool2, &all_sent).await?;
+    books.notes = notes;
+    gateway.stop().await;
+    for worker in &mut workers {
+        worker.stop().await;
+    }
+    auditor.stop().await;
+    pool1.close().await;
+    pool2.close().await;
+    if !wrong.is_empty() {
+        bail!("quotas not exact across Galera nodes: {}", wrong.join("; "));
+    }
+    Ok(books)
+}
+
+/// Waits until no reservation is left unsettled (at most 30 s); the units kept and the
+/// reservations left unsettled.
+async fn wait_settled(pool: &MySqlPool) -> Result<(u64, u64)> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (settled, reserved, kept): (u64, u64, u64) = sqlx::query_as(
+            "SELECT CAST((SELECT COUNT(*) FROM quota_settlement) AS UNSIGNED), \
+                    CAST(COALESCE(SUM(status = 'reserved'), 0) AS UNSIGNED), \
+                    CAST(COALESCE(SUM(IF(status = 'kept', units, 0)), 0) AS UNSIGNED) \
+             FROM quota_message",
+        )
+        .fetch_one(pool)
+        .await?;
+        if (reserved == 0 && settled > 0) || Instant::now() >= end {
+            return Ok((kept, reserved));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

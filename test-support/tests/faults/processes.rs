@@ -86,6 +86,10 @@ pub struct Setup {
     /// `[auditor] web-listen`: a port of its own, so that auditors of tests running side by
     /// side do not fight over the default one.
     pub auditor_web: u16,
+    /// `[check-workers] metrics-listen` (each worker process gets a setup of its own).
+    pub worker_metrics: u16,
+    /// More configuration, appended as it is (module sections).
+    pub extra: String,
 }
 
 impl Setup {
@@ -136,11 +140,16 @@ impl Setup {
              [auditor]\n\
              metrics-listen = \"127.0.0.1:{auditor_metrics}\"\n\
              web-listen = \"127.0.0.1:{auditor_web}\"\n\
-             archive-prune-interval = \"0s\"\n",
+             archive-prune-interval = \"0s\"\n\
+             [check-workers]\n\
+             metrics-listen = \"127.0.0.1:{worker_metrics}\"\n\
+             {extra}",
             milter = self.milter_port,
             gateway_metrics = self.gateway_metrics,
             auditor_metrics = self.auditor_metrics,
             auditor_web = self.auditor_web,
+            worker_metrics = self.worker_metrics,
+            extra = self.extra,
             spool = self.spool_dir().display(),
         );
         std::fs::create_dir_all(&self.dir)?;
@@ -172,14 +181,18 @@ impl Setup {
     }
 }
 
-/// Which of the two.
+/// Which of the processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Gateway,
     Auditor,
+    /// `check-workers` (its log is `worker.log` in its setup's directory); the cluster
+    /// test's quota race runs them.
+    #[allow(dead_code)]
+    Worker,
 }
 
-/// A running `milter-gateway` or `auditor`; SIGKILLed when dropped.
+/// A running `milter-gateway`, `auditor` or `check-workers`; SIGKILLed when dropped.
 pub struct Process {
     kind: Kind,
     child: Option<Child>,
@@ -206,6 +219,13 @@ impl Process {
                 (
                     setup.spawn(&binary, &["run"], "auditor.log")?,
                     setup.auditor_metrics,
+                )
+            }
+            Kind::Worker => {
+                let binary = binary("check-workers", &["check-workers/src"])?;
+                (
+                    setup.spawn(&binary, &[], "worker.log")?,
+                    setup.worker_metrics,
                 )
             }
         };

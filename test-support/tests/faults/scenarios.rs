@@ -79,6 +79,8 @@ impl Lab {
             gateway_metrics: free_port()?,
             auditor_metrics: free_port()?,
             auditor_web: free_port()?,
+            worker_metrics: free_port()?,
+            extra: String::new(),
         };
         setup.write_config()?;
         Ok(setup)
