@@ -9,6 +9,7 @@ use wire::ModuleName;
 use crate::module::{Module, ModuleError};
 
 pub mod clamav;
+pub mod geoip;
 pub mod greylisting;
 pub mod quotas;
 pub mod rspamd;
@@ -43,6 +44,12 @@ pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Module>, BuildError>
                 source,
             },
         )?)),
+        ModuleName::Geoip => Ok(Arc::new(geoip::Geoip::new(config).map_err(|source| {
+            BuildError::Client {
+                module: geoip::NAME,
+                source,
+            }
+        })?)),
         ModuleName::Unknown(other) => Err(BuildError::Unknown(other)),
     }
 }

@@ -35,8 +35,9 @@ pub use check_workers::CheckWorkersConfig;
 pub use connections::{BrokerConfig, DatabaseConfig, Urls, redact};
 pub use gateway::{FailAction, GatewayConfig};
 pub use modules::{
-    ClamavConfig, ClamdAddress, GreylistingConfig, ModuleSettings, OnError, QuotasConfig,
-    RspamdConfig, SpamAssassinConfig, StageChecksConfig, VerdictMsg,
+    ClamavConfig, ClamdAddress, GeoipAction, GeoipConfig, GreylistingConfig, ModuleSettings,
+    OnError, QuotasConfig, RspamdConfig, SpamAssassinConfig, StageChecksConfig, UnknownCountry,
+    VerdictMsg,
 };
 
 /// The modules a check worker can serve and the gateway can ask. Group membership and
@@ -85,6 +86,7 @@ pub struct Config {
     pub spamassassin: SpamAssassinConfig,
     pub clamav: ClamavConfig,
     pub greylisting: GreylistingConfig,
+    pub geoip: GeoipConfig,
 }
 
 impl Default for Config {
@@ -114,6 +116,7 @@ impl Default for Config {
             spamassassin: SpamAssassinConfig::default(),
             clamav: ClamavConfig::default(),
             greylisting: GreylistingConfig::default(),
+            geoip: GeoipConfig::default(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Config {
             "spamassassin" => Some(&self.spamassassin),
             "clamav" => Some(&self.clamav),
             "greylisting" => Some(&self.greylisting),
+            "geoip" => Some(&self.geoip),
             _ => None,
         }
     }
@@ -218,6 +222,7 @@ impl Config {
         }
         self.validate_content_scanners()?;
         self.greylisting.validate()?;
+        self.geoip.validate()?;
         self.quotas.validate(self.gateway.message_deadline)?;
         self.auditor.validate()?;
         self.bounce_ingest.validate()?;

@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 use wire::CheckStage;
 
 mod clamav;
+mod geoip;
 mod greylisting;
 mod quotas;
 mod rspamd;
 mod spamassassin;
 
 pub use clamav::{ClamavConfig, ClamdAddress};
+pub use geoip::{GeoipAction, GeoipConfig, UnknownCountry};
 pub use greylisting::GreylistingConfig;
 pub use quotas::QuotasConfig;
 pub use rspamd::RspamdConfig;
