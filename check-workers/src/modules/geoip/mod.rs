@@ -119,7 +119,7 @@ pub fn store_for(config: &Config, acquire_timeout: Duration) -> Result<Store, Mo
         acquire_timeout,
     )
     .map_err(|source| ModuleError::Request {
-        service: "the geoip database",
+        service: "the geoip history (MariaDB)",
         source: Box::new(source),
     })
 }
