@@ -530,3 +530,18 @@ async fn a_missing_or_damaged_database_gives_errors_and_a_good_one_is_taken_up()
     .await;
     workers.stop(STOP_WITHIN).await.unwrap();
 }
+
+/// The unit tests of `lookup.rs` read the fuzz seeds (`src/` may not use test-support): they
+/// must stay what the writer makes.
+#[test]
+fn the_fuzz_seeds_are_the_test_databases() {
+    let seeds = test_support::repo_root().join("fuzz/corpus/geoip_database");
+    assert_eq!(
+        std::fs::read(seeds.join("country")).unwrap(),
+        mmdb::test_country_db()
+    );
+    assert_eq!(
+        std::fs::read(seeds.join("asn")).unwrap(),
+        mmdb::test_asn_db()
+    );
+}

@@ -459,9 +459,13 @@ mod tests {
         assert_eq!(classify(ip("::ffff:192.0.2.1")), Ok(ip("192.0.2.1")));
     }
 
+    /// `test_support::mmdb::test_country_db()`, as written into the fuzz seeds (`src/` may not
+    /// use test-support, `test-support/tests/tidy.rs`).
+    const TEST_COUNTRY_DB: &[u8] = include_bytes!("../../../../fuzz/corpus/geoip_database/country");
+
     #[test]
     fn the_test_database_is_read_and_answers() {
-        let reader = read_database(test_support::mmdb::test_country_db()).unwrap();
+        let reader = read_database(TEST_COUNTRY_DB.to_vec()).unwrap();
         for (text, want) in [
             ("192.0.2.77", Some("NL")),
             ("198.51.100.1", Some("US")),
@@ -472,13 +476,14 @@ mod tests {
             let (country, _) = country_of(&reader, ip(text)).unwrap();
             assert_eq!(country.as_deref(), want, "{text}");
         }
-        let cut = test_support::mmdb::test_country_db();
+        let cut = TEST_COUNTRY_DB;
         let error = read_database(cut[..cut.len() - 40].to_vec()).unwrap_err();
         assert!(error.starts_with("not a MaxMind database"), "{error}");
     }
 
     mod proptests {
         use super::super::fuzz_database;
+        use super::TEST_COUNTRY_DB;
         use proptest::prelude::*;
 
         proptest! {
@@ -489,7 +494,7 @@ mod tests {
                 changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
                 junk in proptest::collection::vec(any::<u8>(), 0..64),
             ) {
-                let mut bytes = test_support::mmdb::test_country_db();
+                let mut bytes = TEST_COUNTRY_DB.to_vec();
                 let len = bytes.len();
                 for (at, value) in changes {
                     bytes[at % len] = value;
