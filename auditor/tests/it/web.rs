@@ -942,8 +942,8 @@ async fn statistics_count_by_verdict_and_draw_svg_charts() {
         .iter()
         .map(|l| l.get("module").and_then(|m| m.as_str()).unwrap())
         .collect();
-    assert_eq!(modules, ["clamav", "rspamd", "spamassassin"]);
-    assert_eq!(json["module_latency"][1]["avg_ms"], 125.0);
+    assert_eq!(modules, ["clamav", "geoip", "rspamd", "spamassassin"]);
+    assert_eq!(json["module_latency"][2]["avg_ms"], 125.0);
     let json = env
         .api_json("/api/v1/stats?from=2026-01-01&to=2026-02-01")
         .await;
