@@ -1,6 +1,6 @@
 //! `check-workers`: flags, configuration, logging, metrics and signals; then
-//! [`check_workers::run`]. `check-workers quota …` runs an operator command instead
-//! ([`check_workers::quota_cli`]).
+//! [`check_workers::run`]. `check-workers quota …` and `check-workers geoip …` run an operator
+//! command instead ([`check_workers::quota_cli`], [`check_workers::geoip_cli`]).
 
 use std::process::ExitCode;
 
@@ -27,6 +27,9 @@ enum Command {
     /// The quota tables: show a value's current counts, import ClueGetter's rows.
     #[command(subcommand)]
     Quota(check_workers::quota_cli::QuotaCommand),
+    /// The geoip module's history: show or forget a login's countries.
+    #[command(subcommand)]
+    Geoip(check_workers::geoip_cli::GeoipCommand),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,12 @@ fn main() -> ExitCode {
             platform::cli::run("check-workers quota", &args.common, async |config| {
                 let mut stdout = std::io::stdout().lock();
                 check_workers::quota_cli::run(&config, command, &mut stdout).await
+            })
+        }
+        Some(Command::Geoip(command)) => {
+            platform::cli::run("check-workers geoip", &args.common, async |config| {
+                let mut stdout = std::io::stdout().lock();
+                check_workers::geoip_cli::run(&config, command, &mut stdout).await
             })
         }
         None => platform::cli::run("check-workers", &args.common, |config| {

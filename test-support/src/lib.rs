@@ -4,6 +4,7 @@
 //! - [`TestDb`]: a MariaDB database of its own per test, migrated with `schema/`.
 //! - [`postfix`]: throwaway Postfix instances (`scripts/postfix-instance.sh`) and swaks.
 //! - [`eventually`]: wait on a condition instead of sleeping.
+//! - [`mmdb`]: MaxMind databases (`.mmdb`) made by the test, for the geoip module.
 //! - [`proxy::TcpProxy`]: a forwarder in front of a real service, cut and restored to take the
 //!   service away from a client and give it back.
 //!
@@ -16,6 +17,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod mmdb;
 pub mod postfix;
 pub mod proxy;
 

@@ -213,29 +213,32 @@ pub enum ModuleName {
     Clamav,
     Greylisting,
     Srs,
+    Geoip,
     /// A module this build does not know, as it was spelled.
     Unknown(String),
 }
 
 impl ModuleName {
     /// The modules this build knows, in the configuration's order.
-    pub const KNOWN: [ModuleName; 6] = [
+    pub const KNOWN: [ModuleName; 7] = [
         ModuleName::Quotas,
         ModuleName::Rspamd,
         ModuleName::SpamAssassin,
         ModuleName::Clamav,
         ModuleName::Greylisting,
         ModuleName::Srs,
+        ModuleName::Geoip,
     ];
 
     /// The names of [`ModuleName::KNOWN`], in the same order.
-    pub const KNOWN_NAMES: [&'static str; 6] = [
+    pub const KNOWN_NAMES: [&'static str; 7] = [
         "quotas",
         "rspamd",
         "spamassassin",
         "clamav",
         "greylisting",
         "srs",
+        "geoip",
     ];
 
     /// `name` as this build knows it (exactly as the wire and the configuration spell it), or
@@ -248,6 +251,7 @@ impl ModuleName {
             "clamav" => Self::Clamav,
             "greylisting" => Self::Greylisting,
             "srs" => Self::Srs,
+            "geoip" => Self::Geoip,
             other => Self::Unknown(other.to_owned()),
         }
     }
@@ -261,6 +265,7 @@ impl ModuleName {
             Self::Clamav => "clamav",
             Self::Greylisting => "greylisting",
             Self::Srs => "srs",
+            Self::Geoip => "geoip",
             Self::Unknown(name) => name,
         }
     }
@@ -922,9 +927,9 @@ mod tests {
             assert_eq!(&ModuleName::parse(name), module);
             assert!(module.is_known());
         }
-        let newer = ModuleName::parse("geoip");
-        assert_eq!(newer, ModuleName::Unknown("geoip".to_owned()));
-        assert_eq!(newer.to_string(), "geoip");
+        let newer = ModuleName::parse("reputation");
+        assert_eq!(newer, ModuleName::Unknown("reputation".to_owned()));
+        assert_eq!(newer.to_string(), "reputation");
         assert!(!newer.is_known());
         // the wire spells names exactly: another case is another (unknown) module
         assert!(!ModuleName::parse("RSPAMD").is_known());
@@ -934,12 +939,12 @@ mod tests {
     /// strings on the wire, so a newer worker never makes an older process dead-letter.
     #[test]
     fn a_result_of_an_unknown_module_decodes() {
-        let result = CheckResult::error(MessageId::new(), "geoip", "x");
+        let result = CheckResult::error(MessageId::new(), "reputation", "x");
         let json = serde_json::to_vec(&result).unwrap();
         let back: CheckResult = serde_json::from_slice(&json).unwrap();
         assert_eq!(
             ModuleName::parse(&back.module),
-            ModuleName::Unknown("geoip".into())
+            ModuleName::Unknown("reputation".into())
         );
     }
 

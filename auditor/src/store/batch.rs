@@ -303,12 +303,15 @@ async fn upsert_sessions(
                     + tls.version.len()
             })
             + 4 * 3
+            + 2 * PARAM
+            + 2
+            + 4
     };
     for chunk in statements(events, size) {
         let mut query = QueryBuilder::<MySql>::new(
             "INSERT INTO session (id, cluegetter_instance, cluegetter_client, date_connect, ip, \
                  ip_bin, port, reverse_dns, helo, sasl_username, sasl_method, sasl_sender, \
-                 cert_issuer, cert_subject, cipher_bits, cipher, tls_version) ",
+                 cert_issuer, cert_subject, cipher_bits, cipher, tls_version, country, asn) ",
         );
         query.push_values(chunk, |mut row, event| {
             let session = &event.session;
@@ -338,6 +341,8 @@ async fn upsert_sessions(
                 .push_bind(tls.cipher_bits)
                 .push_bind(text(&tls.cipher))
                 .push_bind(truncate_chars(&tls.version, TLS_VERSION_CHARS).to_owned());
+            let (country, asn) = values::geoip_of(&event.results);
+            row.push_bind(country).push_bind(asn);
         });
         query.push(
             " ON DUPLICATE KEY UPDATE \
@@ -349,7 +354,9 @@ async fn upsert_sessions(
                  cert_subject = IF(cert_subject = '', VALUES(cert_subject), cert_subject), \
                  cipher_bits = COALESCE(cipher_bits, VALUES(cipher_bits)), \
                  cipher = IF(cipher = '', VALUES(cipher), cipher), \
-                 tls_version = IF(tls_version = '', VALUES(tls_version), tls_version)",
+                 tls_version = IF(tls_version = '', VALUES(tls_version), tls_version), \
+                 country = COALESCE(country, VALUES(country)), \
+                 asn = COALESCE(asn, VALUES(asn))",
         );
         execute(conn, query).await?;
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use wire::RejectedRecipient;
+use wire::{AuditResult, ModuleName, RejectedRecipient};
 
 /// `VARCHAR(255)` address local parts (`message.sender_local`, `recipient.local`), in characters.
 pub const LOCAL_PART_CHARS: usize = 255;
@@ -195,10 +195,68 @@ pub fn recipient_rows(accepted: &[String], rejected: &[RejectedRecipient]) -> Ve
     rows
 }
 
+/// The client's country (ISO 3166-1 alpha-2, upper case) and autonomous system as the geoip
+/// module's result says (`determinants.country`, `determinants.asn`), for `session.country`
+/// and `session.asn`; `None` for what it does not say or says in another form.
+pub fn geoip_of(results: &[AuditResult]) -> (Option<String>, Option<u32>) {
+    let Some(geoip) = results
+        .iter()
+        .find(|r| ModuleName::parse(&r.result.module) == ModuleName::Geoip)
+    else {
+        return (None, None);
+    };
+    let determinants = &geoip.result.determinants;
+    let country = determinants["country"]
+        .as_str()
+        .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()))
+        .map(str::to_ascii_uppercase);
+    let asn = determinants["asn"]
+        .as_u64()
+        .and_then(|asn| u32::try_from(asn).ok());
+    (country, asn)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn result(module: &str, determinants: serde_json::Value) -> AuditResult {
+        AuditResult {
+            result: wire::CheckResult {
+                version: wire::WIRE_VERSION,
+                message_id: wire::MessageId::new(),
+                module: module.into(),
+                action: wire::Action::Permit,
+                score: 0.0,
+                message: String::new(),
+                determinants,
+                duration: 0.0,
+                changes: wire::MilterChanges::default(),
+                enhanced_status: None,
+            },
+            weighted_score: 0.0,
+            late: false,
+        }
+    }
+
+    #[test]
+    fn the_session_country_is_the_geoip_results() {
+        let results = [
+            result("rspamd", serde_json::json!({ "country": "US" })),
+            result(
+                "geoip",
+                serde_json::json!({ "country": "nl", "asn": 64496 }),
+            ),
+        ];
+        assert_eq!(geoip_of(&results), (Some("NL".into()), Some(64496)));
+        let odd = [result(
+            "geoip",
+            serde_json::json!({ "country": "unknown", "asn": -1 }),
+        )];
+        assert_eq!(geoip_of(&odd), (None, None));
+        assert_eq!(geoip_of(&results[..1]), (None, None));
+    }
 
     #[test]
     fn split_address_lower_cases_and_splits_at_the_last_at() {

@@ -41,6 +41,10 @@ pub struct Session {
     pub cipher_bits: Option<u16>,
     pub cert_subject: String,
     pub cert_issuer: String,
+    /// The client's country (ISO 3166-1 alpha-2) as the geoip module looked it up.
+    pub country: Option<String>,
+    /// The client's autonomous system, when the geoip module has an ASN database.
+    pub asn: Option<u32>,
     pub mta_hostname: String,
     pub daemon_name: String,
     pub instance: String,
@@ -251,6 +255,8 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
             cipher_bits: row.cipher_bits,
             cert_subject: row.cert_subject,
             cert_issuer: row.cert_issuer,
+            country: row.country,
+            asn: row.asn,
             mta_hostname: if row.mta_hostname.is_empty() {
                 row.client_hostname
             } else {

@@ -466,6 +466,15 @@ fn three_events() -> Vec<AuditEvent> {
         serde_json::json!({}),
         false,
     ));
+    // the geoip module's lookup of the client, kept with the session
+    b.results.push(support::result(
+        b.message_id,
+        "geoip",
+        wire::Action::Permit,
+        0.0,
+        serde_json::json!({ "country": "US", "asn": 64497, "skipped": "no SASL login" }),
+        false,
+    ));
 
     let mut c = support::event();
     c.message.sender = "<>".into();
@@ -522,6 +531,9 @@ async fn every_search_filter_finds_exactly_its_messages() {
         ("ip=2001%3Adb8%3A%3A%2F32", &["QC3"]),
         ("ip=0.0.0.0%2F0", &["QA1", "QB2"]),
         ("sasl=alice", &["QA1"]),
+        ("country=us", &["QB2"]),
+        ("country=US&ip=198.51.100.7", &["QB2"]),
+        ("country=CN", &[]),
         ("queue_id=QB2", &["QB2"]),
         ("message_id=%3Cb2%40three.example%3E", &["QB2"]),
         ("message_id=b2%40three.example", &["QB2"]),
@@ -539,6 +551,21 @@ async fn every_search_filter_finds_exactly_its_messages() {
         let json = env.api_json(&format!("/api/v1/messages?{query}")).await;
         assert_eq!(queue_ids(&json), *expected, "{query}");
     }
+    // the country is shown with the session, linked to the search
+    let json = env.api_json("/api/v1/messages?country=US").await;
+    let id = json["messages"][0]["id"].as_str().unwrap().to_owned();
+    let message = env.api_json(&format!("/api/v1/messages/{id}")).await;
+    assert_eq!(message["session"]["country"], "US");
+    assert_eq!(message["session"]["asn"], 64497);
+    let session = env.login().await;
+    let (status, html) = env.page(&session, &format!("/messages/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<a href=\"/messages?country=US\">US</a> (AS64497)"),
+        "{html}"
+    );
+    let (status, _) = env.page(&session, "/messages?country=USA").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // the date range: the last 30 minutes leave out the older one
     let from = (chrono::Utc::now() - chrono::Duration::minutes(30))
         .format("%Y-%m-%dT%H:%M")
@@ -959,8 +986,8 @@ async fn statistics_count_by_verdict_and_draw_svg_charts() {
         .iter()
         .map(|l| l.get("module").and_then(|m| m.as_str()).unwrap())
         .collect();
-    assert_eq!(modules, ["clamav", "rspamd", "spamassassin"]);
-    assert_eq!(json["module_latency"][1]["avg_ms"], 125.0);
+    assert_eq!(modules, ["clamav", "geoip", "rspamd", "spamassassin"]);
+    assert_eq!(json["module_latency"][2]["avg_ms"], 125.0);
     let json = env
         .api_json("/api/v1/stats?from=2026-01-01&to=2026-02-01")
         .await;

@@ -9,6 +9,7 @@ use wire::ModuleName;
 use crate::module::{BoxError, Module, ModuleError};
 
 pub mod clamav;
+pub mod geoip;
 pub mod greylisting;
 pub mod quotas;
 pub mod rspamd;
@@ -49,6 +50,12 @@ pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Module>, BuildError>
                 source: Box::new(source),
             },
         )?)),
+        ModuleName::Geoip => Ok(Arc::new(geoip::Geoip::new(config).map_err(|source| {
+            BuildError::Client {
+                module: geoip::NAME,
+                source,
+            }
+        })?)),
         ModuleName::Unknown(other) => Err(BuildError::Unknown(other)),
     }
 }

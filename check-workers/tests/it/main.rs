@@ -14,6 +14,9 @@
 //! - [`greylisting`]: greylisting with MariaDB (ClueGetter's flow, spec gap A.6, SPF whitelist
 //!   served by the test's own dnsmasq, retry window, auto-whitelist, two workers on one
 //!   triplet, MariaDB down, check latency).
+//! - [`geoip`]: the geoip module with MariaDB and test-made MaxMind files (countries refused
+//!   and not recorded, the window, what is not judged, the operator commands, two workers on
+//!   one login, a database file missing, damaged and replaced).
 //! - [`srs`]: the SRS scheme against the real PostSRSd 1.x, both ways (its own `postsrsd`
 //!   per test; `scripts/start-peers.sh postsrsd`).
 //! - [`srs_module`]: the srs module through the worker loop (forward, reverse, refusals at
@@ -26,6 +29,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod clamav;
+mod geoip;
 mod greylisting;
 mod harness;
 mod quotas;

@@ -35,8 +35,9 @@ pub use check_workers::CheckWorkersConfig;
 pub use connections::{BrokerConfig, DatabaseConfig, Urls, redact};
 pub use gateway::{FailAction, GatewayConfig};
 pub use modules::{
-    ClamavConfig, ClamdAddress, GreylistingConfig, ModuleSettings, OnError, QuotasConfig,
-    RspamdConfig, SpamAssassinConfig, SrsConfig, SrsRewrite, StageChecksConfig, VerdictMsg,
+    ClamavConfig, ClamdAddress, GeoipAction, GeoipConfig, GreylistingConfig, ModuleSettings,
+    OnError, QuotasConfig, RspamdConfig, SpamAssassinConfig, SrsConfig, SrsRewrite,
+    StageChecksConfig, UnknownCountry, VerdictMsg,
 };
 
 /// The modules a check worker can serve and the gateway can ask. Group membership and
@@ -86,6 +87,7 @@ pub struct Config {
     pub clamav: ClamavConfig,
     pub greylisting: GreylistingConfig,
     pub srs: SrsConfig,
+    pub geoip: GeoipConfig,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             clamav: ClamavConfig::default(),
             greylisting: GreylistingConfig::default(),
             srs: SrsConfig::default(),
+            geoip: GeoipConfig::default(),
         }
     }
 }
@@ -130,6 +133,7 @@ impl Config {
             "clamav" => Some(&self.clamav),
             "greylisting" => Some(&self.greylisting),
             "srs" => Some(&self.srs),
+            "geoip" => Some(&self.geoip),
             _ => None,
         }
     }
@@ -228,6 +232,7 @@ impl Config {
         self.validate_content_scanners()?;
         self.greylisting.validate()?;
         self.srs.validate()?;
+        self.geoip.validate()?;
         self.quotas.validate(self.gateway.message_deadline)?;
         self.auditor.validate()?;
         self.bounce_ingest.validate()?;

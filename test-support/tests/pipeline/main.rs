@@ -8,6 +8,7 @@ mod archive_body;
 mod bounces;
 mod clamav;
 mod gateway_behaviour;
+mod geoip;
 mod greylisting;
 mod late_results;
 mod quotas;

@@ -49,6 +49,9 @@ pub struct MessageRow {
     pub cipher_bits: Option<u16>,
     pub cipher: String,
     pub tls_version: String,
+    /// The geoip module's country and ASN of the client (`schema/0008_geoip.sql`).
+    pub country: Option<String>,
+    pub asn: Option<u32>,
     pub client_hostname: String,
     pub daemon_name: String,
     pub instance: String,
@@ -114,7 +117,7 @@ pub async fn message(pool: &Database, id: Uuid) -> Result<Option<MessageRecord>,
          m.tempfailScoreThreshold, m.noop, m.whitelisted, m.failure, m.answered, \
          m.headers_truncated, s.date_connect, s.ip, s.port, s.reverse_dns, s.helo, \
          s.sasl_username, s.sasl_method, s.sasl_sender, s.cert_issuer, s.cert_subject, \
-         s.cipher_bits, s.cipher, s.tls_version, c.hostname AS client_hostname, c.daemon_name, \
+         s.cipher_bits, s.cipher, s.tls_version, s.country, s.asn, c.hostname AS client_hostname, c.daemon_name, \
          i.name AS instance \
          FROM message m JOIN session s ON s.id = m.session \
          JOIN cluegetter_client c ON c.id = s.cluegetter_client \

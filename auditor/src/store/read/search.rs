@@ -31,6 +31,8 @@ pub struct MessageQuery {
     pub recipient: Option<AddressFilter>,
     pub ip: Option<IpRange>,
     pub sasl: Option<String>,
+    /// ISO 3166-1 alpha-2, upper case (`session.country`).
+    pub country: Option<String>,
     pub queue_id: Option<String>,
     pub message_id: Option<String>,
     pub subject: Option<String>,
@@ -116,6 +118,7 @@ impl MessageQuery {
             && self.sender.is_none()
             && self.ip.is_none()
             && self.sasl.is_none()
+            && self.country.is_none()
             && self.queue_id.is_none()
             && self.message_id.is_none()
             && self.subject.is_none()
@@ -186,7 +189,11 @@ impl MessageQuery {
     fn push_ids(&self, q: &mut QueryBuilder<MySql>) {
         q.push("SELECT m.id FROM message m");
         // the session (and instance) rows are read only when a filter needs them
-        if self.ip.is_some() || self.sasl.is_some() || self.instance.is_some() {
+        if self.ip.is_some()
+            || self.sasl.is_some()
+            || self.country.is_some()
+            || self.instance.is_some()
+        {
             q.push(" JOIN session s ON s.id = m.session");
         }
         if self.instance.is_some() {
@@ -249,6 +256,10 @@ impl MessageQuery {
         if let Some(sasl) = &self.sasl {
             q.push(" AND s.sasl_username = ");
             q.push_bind(sasl.clone());
+        }
+        if let Some(country) = &self.country {
+            q.push(" AND s.country = ");
+            q.push_bind(country.clone());
         }
         if let Some(queue_id) = &self.queue_id {
             q.push(" AND m.queue_id = ");

@@ -81,6 +81,7 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
             .and_then(|text| AddressFilter::parse(&text)),
         ip,
         sasl: free_text("sasl", &params.sasl)?,
+        country: parse_country(&params.country)?,
         queue_id,
         message_id: free_text("message_id", &params.message_id)?,
         subject: free_text("subject", &params.subject)?,
@@ -94,6 +95,22 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
         page,
         per_page,
     })
+}
+
+/// `country`: a two-letter ISO 3166-1 code in any case, as `session.country` holds it (upper
+/// case).
+fn parse_country(text: &str) -> Result<Option<String>, WebError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() == 2 && text.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(Some(text.to_ascii_uppercase()))
+    } else {
+        Err(WebError::BadRequest(format!(
+            "country: {text:?} is not a two-letter country code (ISO 3166-1)"
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +139,18 @@ mod tests {
             assert!(
                 matches!(parse(&params), Err(WebError::BadRequest(_))),
                 "{field}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn countries_are_two_letters_in_any_case() {
+        assert_eq!(parse_country(" nl ").ok().flatten().as_deref(), Some("NL"));
+        assert_eq!(parse_country("").ok().flatten(), None);
+        for bad in ["NLD", "N1", "ñl", "N"] {
+            assert!(
+                matches!(parse_country(bad), Err(WebError::BadRequest(_))),
+                "{bad}"
             );
         }
     }

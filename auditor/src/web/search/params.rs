@@ -28,6 +28,9 @@ pub struct SearchParams {
     /// SASL user name (exact).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub sasl: String,
+    /// The client's country as the geoip module looked it up (ISO 3166-1 alpha-2, e.g. `NL`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub country: String,
     /// Postfix queue id (exact).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub queue_id: String,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use wire::CheckStage;
 
 mod clamav;
+mod geoip;
 mod greylisting;
 mod quotas;
 mod rspamd;
@@ -14,6 +15,7 @@ mod spamassassin;
 mod srs;
 
 pub use clamav::{ClamavConfig, ClamdAddress};
+pub use geoip::{GeoipAction, GeoipConfig, UnknownCountry};
 pub use greylisting::GreylistingConfig;
 pub use quotas::QuotasConfig;
 pub use rspamd::RspamdConfig;
