@@ -9,9 +9,9 @@
 #   services    FROM that base, with Debian's packages: cluegetter-offline/rabbitmq:3.10,
 #               cluegetter-offline/mariadb:10.11, cluegetter-offline/rspamd:3.4 (docker/*/)
 #   cluegetter  the Dockerfile's runtime image FROM that base with the binaries built here
-#               (BINARIES=prebuilt): cluegetter:offline. The binaries are built first when
-#               missing or older than the sources (cargo build --profile dist, CARGO_BUILD_JOBS
-#               as set; a heavy compile), in $CARGO_TARGET_DIR (default ./target).
+#               (BINARIES=prebuilt): cluegetter:offline. The binaries are built first
+#               (cargo build --profile dist in $CARGO_TARGET_DIR, default ./target; a heavy
+#               compile the first time, CARGO_BUILD_JOBS as set).
 #
 # Talks to the Docker daemon that DOCKER_HOST names (scripts/compose-test.sh starts a private
 # one); never to another one unless DOCKER_HOST is unset. Needs root (mmdebstrap), mmdebstrap,
@@ -75,23 +75,14 @@ build_services() {
     phase service-images "$t0"
 }
 
-# the binaries are fresh when each is newer than every source file, manifest and Cargo.lock
-binaries_fresh() {
-    local bin newest_src
-    newest_src=$(find Cargo.toml Cargo.lock ./*/Cargo.toml ./*/src ./schema -newer "$1" -type f 2>/dev/null | head -1)
-    [ -z "$newest_src" ] || return 1
-    for bin in $BINARIES; do [ -x "$TARGET_DIR/dist/$bin" ] || return 1; done
-}
-
 build_cluegetter() {
     local t0 bin args=() stage; t0=$(now)
-    if [ ! -x "$TARGET_DIR/dist/milter-gateway" ] || ! binaries_fresh "$TARGET_DIR/dist/milter-gateway"; then
-        say "building the release binaries (cargo build --profile dist, CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-all cores})"
-        for bin in $BINARIES; do args+=(--bin "$bin"); done
-        CARGO_TARGET_DIR=$TARGET_DIR cargo build --profile dist --locked "${args[@]}" \
-            || die "cargo build --profile dist failed"
-        phase binaries "$t0"; t0=$(now)
-    fi
+    # cargo decides what is stale (a no-op when the binaries are up to date)
+    say "the release binaries: cargo build --profile dist (CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-all cores})"
+    for bin in $BINARIES; do args+=(--bin "$bin"); done
+    CARGO_TARGET_DIR=$TARGET_DIR cargo build --profile dist --locked "${args[@]}" \
+        || die "cargo build --profile dist failed"
+    phase binaries "$t0"; t0=$(now)
     # the build context is the repository with .dockerignore leaving target/ out; the binaries
     # are staged inside it, in docker-bin/ (ignored by git)
     stage=docker-bin
