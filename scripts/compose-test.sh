@@ -96,8 +96,10 @@ cleanup() {
         compose down -v --remove-orphans >/dev/null 2>&1
     fi
     [ -d "$DIR/postfix" ] && scripts/postfix-instance.sh destroy "$DIR/postfix" >/dev/null 2>&1
+    local t0; t0=$(now)
     stop_daemon
     rm -rf -- "$DIR"
+    say "phase cleanup (stop the daemon, remove $DIR): $(( $(now) - t0 )) s"
     say "df -h /work after:"; df -h /work | sed 's/^/    /'
     exit "$rc"
 }
@@ -195,6 +197,14 @@ all_healthy() {
 wait_for 600 "healthy" all_healthy || { containers | sed 's/^/    /'; fail "not every service became healthy within 600 s"; }
 containers | sed 's/^/    /'
 record up "$t0"
+
+step "host networking only: no network of the project, no container address"
+networks=$($DOCKER network ls --format '{{.Name}}' | grep -vx -e host -e none)
+[ -z "$networks" ] || fail "networks other than host and none exist: $networks"
+for c in $($DOCKER ps -aq --filter "label=com.docker.compose.project=$PROJECT"); do
+    mode=$($DOCKER inspect -f '{{.HostConfig.NetworkMode}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c")
+    [ "$mode" = "host " ] || fail "container $c: network mode and address '$mode', not host networking"
+done
 
 # ----------------------------------------------------------------------------------------------
 step "scaled check workers: three /metrics ports"
