@@ -31,9 +31,11 @@ FROM binaries-${BINARIES} AS binaries
 
 # --- the runtime image
 FROM ${BASE_IMAGE}
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
+RUN if ! dpkg -s ca-certificates >/dev/null 2>&1; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends ca-certificates \
+        && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
+    fi \
  && groupadd --system --gid 10033 cluegetter \
  && useradd --system --uid 10033 --gid cluegetter --home-dir /var/spool/cluegetter \
         --no-create-home --shell /usr/sbin/nologin cluegetter \

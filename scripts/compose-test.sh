@@ -142,7 +142,7 @@ record daemon "$t0"
 
 # ----------------------------------------------------------------------------------------------
 step "build the images (scripts/compose-images.sh)"
-scripts/compose-images.sh all 2>&1 | tee "$DIR/images.log" | grep -E '^compose-images:' 
+scripts/compose-images.sh all 2>&1 | tee "$DIR/images.log" | grep --line-buffered '^compose-images:'
 [ "${PIPESTATUS[0]}" -eq 0 ] || { tail -n 30 "$DIR/images.log" >&2; fail "compose-images.sh failed (log above)"; }
 while read -r _ _ name secs _; do phases+=("${name%:} ${secs}s"); done \
     < <(grep '^compose-images: phase ' "$DIR/images.log")

@@ -64,6 +64,7 @@ fn free_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
