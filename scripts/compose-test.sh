@@ -197,6 +197,7 @@ all_healthy() {
 wait_for 600 "healthy" all_healthy || { containers | sed 's/^/    /'; fail "not every service became healthy within 600 s"; }
 containers | sed 's/^/    /'
 record up "$t0"
+say "the daemon's data root holds $(du -sh "$DIR/data" 2>/dev/null | cut -f1) (vfs: a full copy per layer and container)"
 
 step "host networking only: no network of the project, no container address"
 networks=$($DOCKER network ls --format '{{.Name}}' | grep -vx -e host -e none)
