@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compose-test.sh — docker-compose really starts the cluster and mail goes through it.
 #
-#   scripts/compose-test.sh          (as root; KEEP=1 leaves the daemon, cluster and files up)
+#   scripts/compose-test.sh          (as root; KEEP=1 leaves the daemon, the cluster and the files
+#                                     up, also on failure)
 #
 # 1. starts a Docker daemon of its own (Debian's docker.io: a private data root, exec root,
 #    pidfile and socket under $COMPOSE_TEST_DIR, default /work/docker-compose-test; vfs storage,
@@ -35,7 +36,8 @@ DOCKER=/usr/bin/docker
 export DOCKER
 export DOCKER_HOST=unix://$DIR/docker.sock
 # ports well away from the host's services and their usual ports
-RABBITMQ_PORT=5682 RABBITMQ_DIST_PORT=25682 RABBITMQ_EPMD_PORT=4379
+# (below the ephemeral range and outside cluster.sh's 20000-32000)
+RABBITMQ_PORT=5682 RABBITMQ_DIST_PORT=15682 RABBITMQ_EPMD_PORT=4379
 MARIADB_PORT=3316 MILTER_PORT=10053 BOUNCE_PORT=10054 GATEWAY_METRICS_PORT=9153
 AUDITOR_METRICS_PORT=9155 BOUNCE_METRICS_PORT=9156 AUDITOR_WEB_PORT=1957
 RSPAMD_PORT=11353 RSPAMD_PROXY_PORT=11352 RSPAMD_CONTROLLER_PORT=11354
@@ -127,7 +129,9 @@ say "df -h /work before:"; df -h /work | sed 's/^/    /'
 
 # ----------------------------------------------------------------------------------------------
 step "start the private Docker daemon"
-stop_daemon    # one left by an earlier run of this script (its own pidfile)
+# what an earlier run left (KEEP=1, or killed): its Postfix, its daemon (by its own pidfile)
+[ -d "$DIR/postfix" ] && scripts/postfix-instance.sh destroy "$DIR/postfix" >/dev/null 2>&1
+stop_daemon
 rm -rf -- "$DIR"
 mkdir -p "$DIR"
 trap cleanup EXIT
@@ -280,6 +284,10 @@ say "the auditor stored the message sent while it was down; 3 messages, none twi
 record mail "$t0"
 
 # ----------------------------------------------------------------------------------------------
+if [ -n "${KEEP:-}" ]; then
+    say "PASSED; KEEP=1: the cluster stays up ($PROJECT on $DOCKER_HOST); phases: ${phases[*]}"
+    exit 0
+fi
 step "docker-compose down -v"
 t0=$(now)
 compose down -v --remove-orphans 2>&1 | sed 's/^/    /'
@@ -289,7 +297,7 @@ up_started=""
 record down "$t0"
 
 step "stop the daemon"
-[ -n "${KEEP:-}" ] || stop_daemon
-daemon_pid >/dev/null && [ -z "${KEEP:-}" ] && fail "dockerd still running"
+stop_daemon
+daemon_pid >/dev/null && fail "dockerd still running"
 
 say "PASSED in $(( $(now) - t_start )) s; phases: ${phases[*]}"
