@@ -37,6 +37,39 @@ fn shipped_example_documents_every_key() {
     walk("", &defaults, &example);
 }
 
+/// docker-compose.yml's configuration, with the environment the compose file gives every
+/// cluegetter container (host networking's listeners, scaled workers' metrics port 0).
+#[test]
+fn compose_configuration_loads_with_the_compose_environment() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluegetter.compose.toml");
+    let env: HashMap<String, String> = [
+        (
+            "CLUEGETTER_BROKER__URL",
+            "amqp://cluegetter:pw@127.0.0.1:5673/%2f",
+        ),
+        (
+            "CLUEGETTER_DATABASE__URL",
+            "mysql://cluegetter:pw@127.0.0.1:3307/cluegetter",
+        ),
+        ("CLUEGETTER_GATEWAY__LISTEN", "127.0.0.1:10043"),
+        ("CLUEGETTER_CHECK_WORKERS__METRICS_LISTEN", "127.0.0.1:0"),
+        (
+            "CLUEGETTER_BOUNCE_INGEST__ALLOW",
+            "127.0.0.0/8,172.16.0.0/12",
+        ),
+        ("CLUEGETTER_RSPAMD__PORT", "11343"),
+        ("CLUEGETTER_CLAMAV__ADDRESS", "tcp://clamav:3310"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = load(Some(&path), env).unwrap();
+    assert!(config.rspamd.enabled && config.quotas.enabled);
+    assert_eq!(config.rspamd.port, 11343);
+    assert_eq!(config.check_workers.metrics_listen.port(), 0);
+    assert_eq!(config.bounce_ingest.allow.len(), 2);
+}
+
 #[test]
 fn stage_checks_name_enabled_modules() {
     let mut config = Config::default();
