@@ -7,7 +7,9 @@
 //! Postfix would, `kill -9`s a node mid-run, starts it again, waits for the pipeline to drain,
 //! and does the books with the fault test's modules (`../faults/`):
 //!
-//! - `rabbit-node-kill9`: the node every process connects to first (node 1);
+//! - `rabbit-node-kill9`: the node every process connects to first (node 1); four
+//!   `check-workers` serve the quotas module in both broker scenarios, so every message needs a
+//!   check over the broker too;
 //! - `audit-leader-kill9`: the node that leads the quorum queue `cluegetter.audit.archive`;
 //! - `galera-node-kill9`: with `[database] url` = the three Galera nodes, the node the auditor
 //!   writes to (node 1); the books are done on node 2;
@@ -44,7 +46,7 @@ use std::io::Write as _;
 use account::Accounting;
 use cluster::Cluster;
 
-/// Longest a scenario may take (they take about a minute).
+/// Longest a scenario may take (they take under a minute).
 const SCENARIO_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Straight to stderr: the harness captures `println!`, and the books are the point.

@@ -249,8 +249,13 @@ async fn killed_node_run(
     prefix: &str,
     victim: impl AsyncFnOnce(&Lab) -> Result<(usize, String)>,
 ) -> Result<Accounting> {
-    let (setup, db) = lab.setup(name).await?;
+    let (mut setup, db) = lab.setup(name).await?;
+    // a metadata module, so that every message needs a check over the broker as well
+    setup.extra = QUOTAS.to_owned();
+    setup.write_config()?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;
+    migrated(&setup).await?;
+    let mut workers = start_workers(&setup, WORKERS, |_| setup.database_urls.clone()).await?;
     let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let (gateway_log, auditor_log) = (setup.dir.join("gateway.log"), setup.dir.join("auditor.log"));
     // the gateway connects twice (audit publisher, check dispatch), the auditor twice
@@ -356,9 +361,78 @@ async fn killed_node_run(
     ));
     books.notes = notes;
     books.notes.push(metrics_note(&gateway, &auditor));
+    books.notes.push(format!(
+        "{WORKERS} check-workers (quotas): {} checks timed out at the gateway, {} messages \
+         found no broker",
+        gateway
+            .metric("cluegetter_gateway_module_timeouts_total{module=\"quotas\"}")
+            .unwrap_or(-1.0),
+        gateway
+            .metric("cluegetter_gateway_broker_unavailable_total")
+            .unwrap_or(-1.0)
+    ));
     gateway.stop().await;
+    for worker in &mut workers {
+        worker.stop().await;
+    }
     auditor.stop().await;
     Ok(books)
+}
+
+/// The quotas module on every message, counting the client address; no quota row, so every
+/// check is a round trip to a worker and a look in the database, and everything is permitted.
+const QUOTAS: &str = "[quotas]\nenabled = true\n";
+/// Worker processes in the broker scenarios.
+const WORKERS: usize = 4;
+
+/// Waits until the auditor has brought the schema up to date (a statement beside a
+/// migration's DDL on Galera is aborted; the modules need the tables).
+async fn migrated(setup: &Setup) -> Result<()> {
+    let log = setup.dir.join("auditor.log");
+    let end = Instant::now() + FAILOVER;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("database schema is up to date")
+    {
+        if Instant::now() >= end {
+            bail!("the auditor did not migrate the database within {FAILOVER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// `count` check-workers processes, each with a setup of its own (directory, metrics port,
+/// `[database] url` = `database_urls(i)`), and waits until all consume the quotas queue.
+async fn start_workers(
+    setup: &Setup,
+    count: usize,
+    database_urls: impl Fn(usize) -> Vec<String>,
+) -> Result<Vec<Process>> {
+    let mut workers = Vec::new();
+    for i in 0..count {
+        let mut own = setup.clone();
+        own.dir = setup.dir.join(format!("worker{i}"));
+        own.worker_metrics = free_port()?;
+        own.database_urls = database_urls(i);
+        own.write_config()?;
+        workers.push(Process::start(Kind::Worker, &own).await?);
+    }
+    let queue = platform::broker::check_queue("quotas");
+    let end = Instant::now() + FAILOVER;
+    loop {
+        // a passive declare of a queue not there yet closes the channel: a new link each time
+        let link = BrokerLink::open(&setup.broker_urls).await?;
+        let consumers = link.consumers(&queue).await.unwrap_or(0);
+        link.close().await;
+        if consumers >= count as u32 {
+            return Ok(workers);
+        }
+        if Instant::now() >= end {
+            bail!("{count} consumers on {queue} not there within {FAILOVER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Tempfails, and the longest time without an answer after the kill.
@@ -551,18 +625,7 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
         .to_owned();
     setup.write_config()?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;
-    // the schema first: a statement beside a migration's DDL on Galera is aborted (1213)
-    let auditor_log = setup.dir.join("auditor.log");
-    let end = Instant::now() + FAILOVER;
-    while !std::fs::read_to_string(&auditor_log)
-        .unwrap_or_default()
-        .contains("database schema is up to date")
-    {
-        if Instant::now() >= end {
-            bail!("the auditor did not migrate the Galera database within {FAILOVER:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    migrated(&setup).await?;
     let node = |n: usize| {
         let url = urls[n].clone();
         async move {
@@ -609,33 +672,14 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
     .await?;
 
     // two workers on node 1 first, two on node 2 first
-    let mut workers = Vec::new();
-    for i in 0..QUOTA_WORKERS {
-        let mut own = setup.clone();
-        own.dir = setup.dir.join(format!("worker{i}"));
-        own.worker_metrics = free_port()?;
-        own.database_urls = urls.clone();
+    let mut workers = start_workers(&setup, QUOTA_WORKERS, |i| {
+        let mut urls = urls.clone();
         if i % 2 == 1 {
-            own.database_urls.swap(0, 1);
+            urls.swap(0, 1);
         }
-        own.write_config()?;
-        workers.push(Process::start(Kind::Worker, &own).await?);
-    }
-    let queue = platform::broker::check_queue("quotas");
-    let end = Instant::now() + FAILOVER;
-    loop {
-        // a passive declare of a queue not there yet closes the channel: a new link each time
-        let link = BrokerLink::open(&setup.broker_urls).await?;
-        let consumers = link.consumers(&queue).await.unwrap_or(0);
-        link.close().await;
-        if consumers >= QUOTA_WORKERS as u32 {
-            break;
-        }
-        if Instant::now() >= end {
-            bail!("{QUOTA_WORKERS} consumers on {queue} not there within {FAILOVER:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        urls
+    })
+    .await?;
     let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     reconnected(&setup.dir.join("gateway.log"), 0, 1, "no node")
         .await
