@@ -401,24 +401,44 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
+    /// A module's judgement of a message: no milter changes, no enhanced status code, the
+    /// duration left for the worker to fill in.
+    pub fn new(
+        message_id: MessageId,
+        module: impl Into<String>,
+        action: Action,
+        score: f64,
+        message: impl Into<String>,
+        determinants: serde_json::Value,
+    ) -> Self {
+        Self {
+            version: WIRE_VERSION,
+            message_id,
+            module: module.into(),
+            action,
+            score,
+            message: message.into(),
+            determinants,
+            duration: 0.0,
+            changes: MilterChanges::default(),
+            enhanced_status: None,
+        }
+    }
+
     /// The result a module gives when it could not check: ClueGetter's error score 25.
     pub fn error(
         message_id: MessageId,
         module: impl Into<String>,
         reason: impl fmt::Display,
     ) -> Self {
-        Self {
-            version: WIRE_VERSION,
+        Self::new(
             message_id,
-            module: module.into(),
-            action: Action::Error,
-            score: 25.0,
-            message: "An internal error occurred".to_owned(),
-            determinants: serde_json::json!({ "error": reason.to_string() }),
-            duration: 0.0,
-            changes: MilterChanges::default(),
-            enhanced_status: None,
-        }
+            module,
+            Action::Error,
+            25.0,
+            "An internal error occurred",
+            serde_json::json!({ "error": reason.to_string() }),
+        )
     }
 }
 

@@ -14,7 +14,7 @@
 //! - `galera-node-kill9`: with `[database] url` = the three Galera nodes, the node the auditor
 //!   writes to (node 1); the books are done on node 2;
 //! - `galera-quota-race`: quotas exact across Galera nodes, four `check-workers` processes (two
-//!   writing to node 1, two to node 2) and eight clients against one curb, three runs.
+//!   writing to node 1, two to node 2) and eight clients against one curb, five runs.
 //!
 //! In the first two the archive is a fresh database on the shared MariaDB at 127.0.0.1:3306.
 //!

@@ -253,10 +253,12 @@ async fn killed_node_run(
     // a metadata module, so that every message needs a check over the broker as well
     setup.extra = QUOTAS.to_owned();
     setup.write_config()?;
+    // the gateway first: the others' outgoing connections take ephemeral ports, and one could
+    // be the milter port chosen (free a moment ago)
+    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;
     migrated(&setup).await?;
     let mut workers = start_workers(&setup, WORKERS, |_| setup.database_urls.clone()).await?;
-    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let (gateway_log, auditor_log) = (setup.dir.join("gateway.log"), setup.dir.join("auditor.log"));
     // the gateway connects twice (audit publisher, check dispatch), the auditor twice
     // (archive consumer, bounces)
@@ -410,10 +412,24 @@ async fn start_workers(
     database_urls: impl Fn(usize) -> Vec<String>,
 ) -> Result<Vec<Process>> {
     let mut workers = Vec::new();
+    // a port free now may be one the setup chose but nothing listens on yet (the milter's)
+    let mut taken = vec![
+        setup.milter_port,
+        setup.gateway_metrics,
+        setup.auditor_metrics,
+        setup.auditor_web,
+        setup.worker_metrics,
+    ];
     for i in 0..count {
         let mut own = setup.clone();
         own.dir = setup.dir.join(format!("worker{i}"));
-        own.worker_metrics = free_port()?;
+        own.worker_metrics = loop {
+            let port = free_port()?;
+            if !taken.contains(&port) {
+                taken.push(port);
+                break port;
+            }
+        };
         own.database_urls = database_urls(i);
         own.write_config()?;
         workers.push(Process::start(Kind::Worker, &own).await?);
@@ -516,8 +532,9 @@ pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
     let urls = lab.cluster.database_urls(&database);
     let setup = lab.setup_with(name, urls.clone()).await?;
     // the auditor creates the database and its tables on node 1 (`migrate` at start)
-    let mut auditor = Process::start(Kind::Auditor, &setup).await?;
+    // the gateway first (see `killed_node_run`)
     let mut gateway = Process::start(Kind::Gateway, &setup).await?;
+    let mut auditor = Process::start(Kind::Auditor, &setup).await?;
     let auditor_log = setup.dir.join("auditor.log");
     let books_url = urls[1].clone();
     let pool = test_support::eventually(FAILOVER, "the archive on Galera node 2", || {
@@ -599,7 +616,7 @@ pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
 }
 
 /// Quota race across Galera nodes: runs, messages per run, recipients per message, curb.
-const QUOTA_RUNS: usize = 3;
+const QUOTA_RUNS: usize = 5;
 const QUOTA_MESSAGES: usize = 300;
 const QUOTA_CURB: usize = 200;
 /// Every message of the load has two recipients in `mailbox.test` (`../faults/client.rs`).
@@ -624,6 +641,8 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
                    account-recipient-domain = true\n"
         .to_owned();
     setup.write_config()?;
+    // the gateway first (see `killed_node_run`)
+    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;
     migrated(&setup).await?;
     let node = |n: usize| {
@@ -680,7 +699,6 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
         urls
     })
     .await?;
-    let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     reconnected(&setup.dir.join("gateway.log"), 0, 1, "no node")
         .await
         .context("the gateway's broker connection before the load")?;

@@ -21,7 +21,7 @@ use platform::backoff::Backoff;
 use platform::config::{ClamavConfig, ClamdAddress};
 use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult};
 
 use self::clamd::{ClamdError, Verdict};
 use crate::module::{Module, ModuleError, error_chain};
@@ -191,18 +191,14 @@ fn to_result(
             }),
         ),
     };
-    CheckResult {
-        version: WIRE_VERSION,
-        message_id: request.message_id,
-        module: NAME.to_owned(),
+    CheckResult::new(
+        request.message_id,
+        NAME,
         action,
         score,
         message,
         determinants,
-        duration: 0.0,
-        changes: MilterChanges::default(),
-        enhanced_status: None,
-    }
+    )
 }
 
 #[cfg(test)]
@@ -210,6 +206,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use chrono::Utc;
+    use wire::WIRE_VERSION;
     use wire::{Envelope, MessageId, SessionInfo};
 
     fn request() -> CheckRequest {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use platform::config::{Config, GeoipAction, GeoipConfig, UnknownCountry};
 use serde_json::{Value, json};
-use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult};
 
 use self::lookup::{Found, GeoDb, classify};
 use self::policy::{
@@ -295,16 +295,12 @@ fn result(
     message: String,
     determinants: Value,
 ) -> CheckResult {
-    CheckResult {
-        version: WIRE_VERSION,
-        message_id: request.message_id,
-        module: NAME.to_owned(),
+    CheckResult::new(
+        request.message_id,
+        NAME,
         action,
         score,
         message,
         determinants,
-        duration: 0.0,
-        changes: MilterChanges::default(),
-        enhanced_status: None,
-    }
+    )
 }

@@ -39,7 +39,7 @@ use ipnet::IpNet;
 use platform::config::{Config, GreylistingConfig};
 use platform::database::ConflictRetries;
 use serde_json::{Value, json};
-use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult};
 
 use self::spf::{SpfOutcome, SpfWhitelist};
 use self::store::{Attempt, Store, Timing, Triplets};
@@ -282,18 +282,14 @@ impl Greylisting {
 }
 
 fn permit(request: &CheckRequest, score: f64, determinants: Value) -> CheckResult {
-    CheckResult {
-        version: WIRE_VERSION,
-        message_id: request.message_id,
-        module: NAME.to_owned(),
-        action: Action::Permit,
+    CheckResult::new(
+        request.message_id,
+        NAME,
+        Action::Permit,
         score,
-        message: String::new(),
+        String::new(),
         determinants,
-        duration: 0.0,
-        changes: MilterChanges::default(),
-        enhanced_status: None,
-    }
+    )
 }
 
 /// The result and its determinants (ClueGetter's facts, in snake case).
@@ -372,18 +368,14 @@ fn to_result(
                 permit(request, PERMIT_SCORE, determinants)
             } else {
                 metrics::counter!(METRIC_OUTCOMES, "outcome" => "greylisted").increment(1);
-                CheckResult {
-                    version: WIRE_VERSION,
-                    message_id: request.message_id,
-                    module: NAME.to_owned(),
-                    action: Action::Tempfail,
-                    score: settings.initial_score,
-                    message: GREYLISTED_MESSAGE.to_owned(),
+                CheckResult::new(
+                    request.message_id,
+                    NAME,
+                    Action::Tempfail,
+                    settings.initial_score,
+                    GREYLISTED_MESSAGE.to_owned(),
                     determinants,
-                    duration: 0.0,
-                    changes: MilterChanges::default(),
-                    enhanced_status: None,
-                }
+                )
             }
         }
     }

@@ -40,7 +40,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use platform::config::{Config, QuotasConfig};
 use serde_json::json;
-use wire::{Action, AuditEvent, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
+use wire::{Action, AuditEvent, CheckRequest, CheckResult};
 
 use crate::module::{Module, ModuleError};
 
@@ -237,18 +237,14 @@ pub fn to_result(request: &CheckRequest, outcome: &CheckOutcome) -> CheckResult 
         ),
         None => (Action::Permit, PERMIT_SCORE, String::new()),
     };
-    CheckResult {
-        version: WIRE_VERSION,
-        message_id: request.message_id,
-        module: NAME.to_owned(),
+    CheckResult::new(
+        request.message_id,
+        NAME,
         action,
         score,
         message,
         determinants,
-        duration: 0.0,
-        changes: MilterChanges::default(),
-        enhanced_status: None,
-    }
+    )
 }
 
 /// The quotas check: the factors the configuration counts, and the store.
@@ -386,6 +382,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use chrono::Utc;
+    use wire::WIRE_VERSION;
     use wire::{Envelope, MessageId, SessionInfo};
 
     fn request(sender: &str, recipients: &[&str], sasl: &str) -> CheckRequest {

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use platform::config::SpamAssassinConfig;
 use serde_json::json;
 use tokio::net::TcpStream;
-use wire::{Action, CheckRequest, CheckResult, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult};
 
 use self::spamd::{ExchangeError, Reply};
 use crate::module::{Module, ModuleError};
@@ -163,24 +163,20 @@ fn to_result(
         .find_map(|fact| verdict_msgs.get(&fact.symbol.to_ascii_uppercase()))
         .cloned()
         .unwrap_or_else(|| SPAM_MESSAGE.to_owned());
-    CheckResult {
-        version: WIRE_VERSION,
-        message_id: request.message_id,
-        module: NAME.to_owned(),
-        action: Action::Reject,
-        score: reply.score,
+    CheckResult::new(
+        request.message_id,
+        NAME,
+        Action::Reject,
+        reply.score,
         message,
-        determinants: json!({
+        json!({
             "score": reply.score,
             "threshold": reply.threshold,
             "spam": reply.spam,
             "report": report,
             "content_truncated": truncated,
         }),
-        duration: 0.0,
-        changes: MilterChanges::default(),
-        enhanced_status: None,
-    }
+    )
 }
 
 #[cfg(test)]
@@ -189,6 +185,7 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use platform::config::VerdictMsg;
+    use wire::WIRE_VERSION;
     use wire::{Envelope, MessageId, SessionInfo};
 
     use self::spamd::Fact;

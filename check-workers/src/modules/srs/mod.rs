@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use platform::config::SrsConfig;
 use serde_json::json;
-use wire::{Action, CheckRequest, CheckResult, CheckStage, MilterChanges, WIRE_VERSION};
+use wire::{Action, CheckRequest, CheckResult, CheckStage};
 
 pub use scheme::{
     ForwardError, Kind, Malformed, ReverseError, Reversed, Separator, Settings, SettingsError, Srs,
@@ -171,18 +171,14 @@ impl Module for SrsModule {
 
 /// Permit, score 0, no changes, with `determinants`.
 fn result(request: &CheckRequest, determinants: serde_json::Value) -> CheckResult {
-    CheckResult {
-        version: WIRE_VERSION,
-        message_id: request.message_id,
-        module: NAME.to_owned(),
-        action: Action::Permit,
-        score: 0.0,
-        message: String::new(),
+    CheckResult::new(
+        request.message_id,
+        NAME,
+        Action::Permit,
+        0.0,
+        String::new(),
         determinants,
-        duration: 0.0,
-        changes: MilterChanges::default(),
-        enhanced_status: None,
-    }
+    )
 }
 
 fn count(outcome: &'static str) {

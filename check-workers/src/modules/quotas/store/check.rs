@@ -14,6 +14,12 @@
 //!
 //! After inserting its rows the transaction reads, with a locking read, a verdict settled
 //! before the reservation committed (`quota_settlement`, see [`super::settle`]).
+//!
+//! Under Galera the `FOR UPDATE` locks hold on one node only: a reservation therefore also
+//! writes its `quota` rows (`reservations + 1`), so that two reservations made on two nodes at
+//! once conflict at certification; the one aborted (1213) is tried again
+//! ([`platform::database::ConflictRetries`]) and, with causal reads (`wsrep_sync_wait`), counts
+//! the other's. The cluster test's `galera-quota-race` holds it to the curb.
 
 use std::collections::HashMap;
 
@@ -186,6 +192,19 @@ impl QuotaStore {
         // A redelivered check: the rows of its first run stay as they are (maybe settled).
         insert.push(" ON DUPLICATE KEY UPDATE quota = quota");
         insert.build().execute(&mut *tx).await?;
+        // Write the locked rows too: under Galera the lock above holds on this node only, and
+        // a reservation of the last unit made on another node at the same moment would commit
+        // beside this one. Two transactions that write the same row conflict at certification:
+        // one is aborted (1213), tried again, and then counts the other's reservation.
+        let mut touch = QueryBuilder::<MySql>::new(
+            "UPDATE quota SET reservations = reservations + 1 WHERE id IN (",
+        );
+        push_list(
+            &mut touch,
+            &units_by_row.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        );
+        touch.push(")");
+        touch.build().execute(&mut *tx).await?;
 
         // A verdict that came before this reservation (see the module documentation); a
         // locking read, so an uncommitted one is waited for.

@@ -39,8 +39,10 @@ use super::{Factor, Selector};
 pub const SERVICE: &str = "the quota database";
 
 /// Attempts of one transaction that keeps losing conflicts (deadlocks; under Galera,
-/// certification failures at COMMIT when two nodes wrote the same quota rows).
-const ATTEMPTS: u32 = 5;
+/// certification failures at COMMIT when two nodes wrote the same quota rows: with eight
+/// checks of one row at once, one of them can lose several rounds in a row). The pauses
+/// between them add up to about a quarter of a second at most, far inside the module timeout.
+const ATTEMPTS: u32 = 10;
 
 /// A `quota` row with its profile's name.
 #[derive(Clone, Debug)]
