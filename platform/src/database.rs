@@ -191,7 +191,7 @@ impl Database {
     /// The nodes of `urls`, in the order they are tried; nothing connects yet.
     ///
     /// # Errors
-    /// A URL cannot be parsed.
+    /// A URL cannot be parsed, or there is none.
     pub fn new(urls: &Urls, settings: PoolSettings) -> Result<Self, sqlx::Error> {
         let nodes = urls
             .as_slice()
@@ -204,6 +204,9 @@ impl Database {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if nodes.is_empty() {
+            return Err(sqlx::Error::Configuration("no database URL".into()));
+        }
         Ok(Self::with_nodes(nodes, settings))
     }
 
@@ -239,11 +242,6 @@ impl Database {
     /// Index (in `[database] url`) of the node in use.
     pub fn current_node(&self) -> usize {
         self.inner.current.load(Ordering::Relaxed) % self.inner.nodes.len().max(1)
-    }
-
-    /// The node in use, without its password, for logs.
-    pub fn current_shown(&self) -> &str {
-        &self.inner.nodes[self.current_node()].shown
     }
 
     /// Starts a transaction on the node in use.

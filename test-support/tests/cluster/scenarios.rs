@@ -115,7 +115,8 @@ impl BrokerLink {
         })
     }
 
-    async fn ready(&self, queue: &str) -> Result<u32> {
+    /// `queue` as it is (a passive declare: a missing queue closes the channel).
+    async fn look(&self, queue: &str) -> Result<lapin::Queue> {
         Ok(self
             .channel
             .queue_declare(
@@ -126,24 +127,16 @@ impl BrokerLink {
                 },
                 FieldTable::default(),
             )
-            .await?
-            .message_count())
+            .await?)
+    }
+
+    async fn ready(&self, queue: &str) -> Result<u32> {
+        Ok(self.look(queue).await?.message_count())
     }
 
     /// Consumers of `queue`.
     async fn consumers(&self, queue: &str) -> Result<u32> {
-        Ok(self
-            .channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?
-            .consumer_count())
+        Ok(self.look(queue).await?.consumer_count())
     }
 
     async fn close(self) {
