@@ -529,23 +529,7 @@ pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
     let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;
     let auditor_log = setup.dir.join("auditor.log");
-    let books_url = urls[1].clone();
-    let pool = test_support::eventually(FAILOVER, "the archive on Galera node 2", || {
-        let url = books_url.clone();
-        async move {
-            let pool = sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(2)
-                .connect(&url)
-                .await
-                .ok()?;
-            sqlx::query("SELECT 1 FROM message LIMIT 1")
-                .execute(&pool)
-                .await
-                .ok()?;
-            Some(pool)
-        }
-    })
-    .await?;
+    let pool = archive_on(&urls[1], "message").await?;
     let drive = Drive::start(
         SocketAddr::from(([127, 0, 0, 1], setup.milter_port)),
         Load {
@@ -638,28 +622,10 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
     let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;
     migrated(&setup).await?;
-    let node = |n: usize| {
-        let url = urls[n].clone();
-        async move {
-            test_support::eventually(FAILOVER, "the migrated archive on a Galera node", || {
-                let url = url.clone();
-                async move {
-                    let pool = sqlx::mysql::MySqlPoolOptions::new()
-                        .max_connections(2)
-                        .connect(&url)
-                        .await
-                        .ok()?;
-                    sqlx::query("SELECT 1 FROM quota LIMIT 1")
-                        .execute(&pool)
-                        .await
-                        .ok()?;
-                    Some(pool)
-                }
-            })
-            .await
-        }
-    };
-    let (pool1, pool2) = (node(0).await?, node(1).await?);
+    let (pool1, pool2) = (
+        archive_on(&urls[0], "quota").await?,
+        archive_on(&urls[1], "quota").await?,
+    );
     sqlx::query("INSERT INTO instance (name) VALUES ('faults')")
         .execute(&pool1)
         .await?;
@@ -763,6 +729,26 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
         bail!("quotas not exact across Galera nodes: {}", wrong.join("; "));
     }
     Ok(books)
+}
+
+/// A small pool on the Galera node at `url`, once the archive there has `table` (the auditor
+/// migrates on node 1; Galera replicates the schema).
+async fn archive_on(url: &str, table: &'static str) -> Result<MySqlPool> {
+    test_support::eventually(FAILOVER, "the archive on a Galera node", || async move {
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .ok()?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM {table} LIMIT 1"
+        )))
+        .execute(&pool)
+        .await
+        .ok()?;
+        Some(pool)
+    })
+    .await
 }
 
 /// Waits until no reservation is left unsettled (at most 30 s); the units kept and the
