@@ -3,13 +3,19 @@
 //!
 //! A supervisor task owns the broker link: it connects ([`broker::Supervisor`]: the first node
 //! that answers, with backoff, for ever), declares the module queues and a fresh exclusive
-//! reply queue for this gateway, consumes the replies and hands each to the waiting message by its correlation id (the message UUID). When the link breaks, every
-//! waiting message is told at once (its channel closes) and new messages get
-//! [`DispatchError::BrokerDown`] until the link is back, so nobody waits on a dead broker.
+//! reply queue for this gateway, consumes the replies and hands each to the waiting message by
+//! its correlation id (the message UUID).
+//!
+//! A lost link does not cost a verdict when another node answers in time:
+//! - a message that finds no link waits for the next one, until its earliest module timeout
+//!   passes ([`DispatchError::BrokerDown`] only then);
+//! - the requests of the messages waiting when a link breaks are kept, and published again on
+//!   the next link (with their reply queue, which died with the old link, replaced), each while
+//!   its module's timeout has not passed. A request may so reach a worker twice; every module
+//!   is idempotent on the message id (a redelivered request is nothing new to them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
@@ -17,7 +23,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use platform::broker;
 use platform::config::Config;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::{CheckRequest, CheckResult, MessageId};
 
@@ -36,12 +43,24 @@ struct Link {
     reply_queue: String,
 }
 
-/// Results on their way to one waiting message.
-type Waiters = HashMap<MessageId, mpsc::UnboundedSender<CheckResult>>;
+/// One request, kept until its module answered or its timeout passed.
+#[derive(Clone)]
+struct Request {
+    module: String,
+    body: Arc<[u8]>,
+    expires: Instant,
+}
+
+/// A message waiting for results: where they go, and what is still unanswered.
+struct Waiter {
+    results: mpsc::UnboundedSender<CheckResult>,
+    unanswered: Vec<Request>,
+}
 
 struct Shared {
-    link: Mutex<Option<Arc<Link>>>,
-    waiters: Mutex<Waiters>,
+    /// The current link; `None` while (re)connecting. Messages wait on it.
+    link: watch::Sender<Option<Arc<Link>>>,
+    waiters: Mutex<HashMap<MessageId, Waiter>>,
 }
 
 /// Cheap to clone; one per gateway.
@@ -66,91 +85,138 @@ impl Drop for Pending {
 }
 
 impl Dispatcher {
-    /// Starts the supervisor; returns at once (the gateway answers with the fail action
-    /// until the broker is reachable).
+    /// Starts the supervisor; returns at once (messages wait for the first link, up to their
+    /// module timeouts).
     pub fn start(
         config: &Config,
         tracker: &tokio_util::task::TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            link: Mutex::new(None),
-            waiters: Mutex::new(HashMap::new()),
-        });
         let modules: Vec<String> = config
             .enabled_modules()
             .into_iter()
             .map(str::to_owned)
             .collect();
+        let dispatcher = Self::unconnected();
         tracker.spawn(supervise(
             broker::Supervisor::from_config(&config.broker, "milter-gateway"),
             modules,
-            shared.clone(),
+            dispatcher.shared.clone(),
             shutdown,
         ));
-        Self { shared }
+        dispatcher
     }
 
-    /// Whether the broker link is up right now.
-    pub fn is_up(&self) -> bool {
-        self.shared
-            .link
-            .lock()
-            .map(|l| l.is_some())
-            .unwrap_or(false)
+    fn unconnected() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                link: watch::Sender::new(None),
+                waiters: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
-    /// Publishes the requests (all for one message) and returns where their results arrive.
+    /// Publishes the requests (all for one message; each with the instant its module's
+    /// timeout passes) and returns where their results arrive. Without a link it waits for
+    /// one until the earliest of those instants.
     ///
     /// # Errors
-    /// The broker is down, or a publish failed (the link is then dropped and re-made).
+    /// No link came in time, or publishing failed on every link that came in time.
     pub async fn ask(
         &self,
         message_id: MessageId,
-        requests: &[(CheckRequest, Duration)],
+        requests: &[(CheckRequest, Instant)],
     ) -> Result<Pending, DispatchError> {
-        let link = self
-            .shared
-            .link
-            .lock()
-            .ok()
-            .and_then(|l| l.clone())
-            .ok_or(DispatchError::BrokerDown)?;
+        let Some(wait_until) = requests.iter().map(|(_, expires)| *expires).min() else {
+            return Ok(self.register(message_id, Vec::new()));
+        };
+        let requests: Vec<Request> = requests
+            .iter()
+            .map(|(request, expires)| Request {
+                module: request.module.as_str().to_owned(),
+                body: wire::contract::encode(request).into(),
+                expires: *expires,
+            })
+            .collect();
+        let mut link_changes = self.shared.link.subscribe();
+        // Registered before publishing: a link that breaks from now on republishes them.
+        let pending = self.register(message_id, requests.clone());
+        let mut last_error = DispatchError::BrokerDown;
+        loop {
+            let link =
+                match tokio::time::timeout_at(wait_until, link_changes.wait_for(Option::is_some))
+                    .await
+                {
+                    Ok(Ok(link)) => link.clone(),
+                    // the supervisor is gone (shutdown) or no link in time
+                    Ok(Err(_)) | Err(_) => return Err(last_error),
+                };
+            let Some(link) = link else {
+                return Err(last_error);
+            };
+            match publish_all(&link, message_id, &requests).await {
+                Ok(()) => return Ok(pending),
+                Err(error) => {
+                    // The link is broken; let the supervisor notice and make a new one, and
+                    // try again on that one.
+                    self.shared.link.send_if_modified(|current| {
+                        let same = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link));
+                        if same {
+                            *current = None;
+                        }
+                        same
+                    });
+                    last_error = DispatchError::Publish(error);
+                }
+            }
+        }
+    }
+
+    fn register(&self, message_id: MessageId, unanswered: Vec<Request>) -> Pending {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut waiters) = self.shared.waiters.lock() {
-            waiters.insert(message_id, tx);
+            waiters.insert(
+                message_id,
+                Waiter {
+                    results: tx,
+                    unanswered,
+                },
+            );
         }
-        let pending = Pending {
+        Pending {
             results: rx,
             message_id,
             shared: self.shared.clone(),
-        };
-        for (request, timeout) in requests {
-            let properties = BasicProperties::default()
-                .with_correlation_id(message_id.to_string().into())
-                .with_reply_to(link.reply_queue.as_str().into())
-                .with_expiration(timeout.as_millis().max(1).to_string().into())
-                .with_content_type("application/json".into());
-            let published = link
-                .channel
-                .basic_publish(
-                    broker::CHECK_EXCHANGE.into(),
-                    request.module.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &wire::contract::encode(request),
-                    properties,
-                )
-                .await;
-            if let Err(error) = published {
-                // The link is broken; let the supervisor notice and make a new one.
-                if let Ok(mut l) = self.shared.link.lock() {
-                    *l = None;
-                }
-                return Err(DispatchError::Publish(error));
-            }
         }
-        Ok(pending)
     }
+}
+
+/// Publishes `requests` of one message on `link`, each with what is left of its timeout as
+/// its expiration (an expired one is left out: its module already counts as timed out).
+async fn publish_all(
+    link: &Link,
+    message_id: MessageId,
+    requests: &[Request],
+) -> Result<(), lapin::Error> {
+    let now = Instant::now();
+    for request in requests.iter().filter(|r| r.expires > now) {
+        let left = request.expires - now;
+        let properties = BasicProperties::default()
+            .with_correlation_id(message_id.to_string().into())
+            .with_reply_to(link.reply_queue.as_str().into())
+            .with_expiration(left.as_millis().max(1).to_string().into())
+            .with_content_type("application/json".into());
+        link.channel
+            .basic_publish(
+                broker::CHECK_EXCHANGE.into(),
+                request.module.as_str().into(),
+                BasicPublishOptions::default(),
+                &request.body,
+                properties,
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 async fn supervise(
@@ -164,20 +230,19 @@ async fn supervise(
         if outcome.is_err() {
             metrics::counter!("cluegetter_gateway_broker_disconnects_total").increment(1);
         }
-        if let Ok(mut l) = shared.link.lock() {
-            *l = None;
-        }
-        // Every waiting message learns at once that its results will not come.
-        if let Ok(mut waiters) = shared.waiters.lock() {
-            waiters.clear();
-        }
+        shared.link.send_replace(None);
         if !supervisor.end(&connection, outcome, &shutdown).await {
-            return;
+            break;
         }
+    }
+    // Shutting down: no result will come any more; every waiting message learns it at once.
+    if let Ok(mut waiters) = shared.waiters.lock() {
+        waiters.clear();
     }
 }
 
-/// Sets up the link and routes replies until the link breaks (Err) or shutdown (Ok).
+/// Sets up the link, publishes again what the messages still wait for, and routes replies
+/// until the link breaks (Err) or shutdown (Ok).
 async fn run_link(
     connection: &lapin::Connection,
     modules: &[String],
@@ -212,13 +277,13 @@ async fn run_link(
             FieldTable::default(),
         )
         .await?;
-    if let Ok(mut l) = shared.link.lock() {
-        *l = Some(Arc::new(Link {
-            channel: channel.clone(),
-            reply_queue: reply_queue.clone(),
-        }));
-    }
+    let link = Arc::new(Link {
+        channel: channel.clone(),
+        reply_queue: reply_queue.clone(),
+    });
+    shared.link.send_replace(Some(link.clone()));
     tracing::info!(reply_queue, modules = ?modules, "connected to RabbitMQ");
+    republish(shared, &link).await?;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -234,6 +299,42 @@ async fn run_link(
     }
 }
 
+/// Publishes on a new link the requests still unanswered of the messages that wait (asked
+/// on a link that broke: their replies would have gone to its reply queue).
+async fn republish(shared: &Shared, link: &Link) -> Result<(), lapin::Error> {
+    let now = Instant::now();
+    let again: Vec<(MessageId, Vec<Request>)> = match shared.waiters.lock() {
+        Ok(waiters) => waiters
+            .iter()
+            .map(|(id, waiter)| {
+                let live: Vec<Request> = waiter
+                    .unanswered
+                    .iter()
+                    .filter(|r| r.expires > now)
+                    .cloned()
+                    .collect();
+                (*id, live)
+            })
+            .filter(|(_, live)| !live.is_empty())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if again.is_empty() {
+        return Ok(());
+    }
+    let count: usize = again.iter().map(|(_, r)| r.len()).sum();
+    for (message_id, requests) in &again {
+        publish_all(link, *message_id, requests).await?;
+    }
+    tracing::info!(
+        messages = again.len(),
+        requests = count,
+        "check requests asked on the lost link published again"
+    );
+    metrics::counter!("cluegetter_gateway_checks_republished_total").increment(count as u64);
+    Ok(())
+}
+
 fn route_reply(shared: &Shared, data: &[u8]) {
     let result: CheckResult = match wire::contract::decode(data) {
         Ok(result) => result,
@@ -243,11 +344,11 @@ fn route_reply(shared: &Shared, data: &[u8]) {
             return;
         }
     };
-    let sender = shared
-        .waiters
-        .lock()
-        .ok()
-        .and_then(|w| w.get(&result.message_id).cloned());
+    let sender = shared.waiters.lock().ok().and_then(|mut waiters| {
+        let waiter = waiters.get_mut(&result.message_id)?;
+        waiter.unanswered.retain(|r| r.module != result.module);
+        Some(waiter.results.clone())
+    });
     match sender {
         Some(sender) => {
             let _ = sender.send(result);

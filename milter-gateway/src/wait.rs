@@ -41,9 +41,12 @@ pub(crate) async fn ask<T: Io>(
             late: None,
         });
     }
+    // Each request lives until its module's timeout, bounded by the message deadline: a
+    // message that finds no broker link waits that long for one (`Dispatcher::ask`).
+    let deadline = started + ctx.config.gateway.message_deadline;
     let requests: Vec<_> = plans
         .iter()
-        .map(|plan| (request(plan), plan.timeout))
+        .map(|plan| (request(plan), (started + plan.timeout).min(deadline)))
         .collect();
     let mut pending = match ctx.dispatcher.ask(id, &requests).await {
         Ok(pending) => pending,
@@ -126,9 +129,9 @@ async fn wait_for_results<T: Io>(
                     }
                 }
                 None => {
-                    // The broker link broke: these results will never come.
+                    // The gateway is shutting down: these results will never come.
                     for plan in waiting.drain(..) {
-                        results.push(CheckResult::error(id, &plan.name, "the RabbitMQ connection was lost while waiting"));
+                        results.push(CheckResult::error(id, &plan.name, "the gateway stopped waiting (shutting down)"));
                     }
                 }
             },

@@ -652,6 +652,16 @@ impl HeldWorker {
             .any(|r| r.envelope.sender == sender)
     }
 
+    /// How many requests for messages from `sender` arrived.
+    pub fn seen_from(&self, sender: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.envelope.sender == sender)
+            .count()
+    }
+
     /// Answers every held request, and every later one at once.
     pub fn release(&self) {
         self.released

@@ -5,6 +5,8 @@
 //!
 //! - [`protocol`]: the MTA side spoken directly with `MtaCodec`; exact packets.
 //! - [`miltertest`]: the scripts in `scripts/miltertest/`, one per stage and reply.
+//! - [`failover`]: the broker link cut and restored while messages wait (a `TcpProxy`
+//!   in front of RabbitMQ).
 //! - [`pipe`]: one connection over `tokio::io::duplex`, no listener and no peer (the broker
 //!   away, the spool full; `fail-action` tempfail and accept).
 //! - [`postfix`]: a throwaway Postfix instance and swaks; what the client, the mailbox, the
@@ -23,6 +25,7 @@
 
 mod audit_body;
 mod drain;
+mod failover;
 mod helpers;
 mod late;
 mod miltertest;

@@ -37,6 +37,8 @@ fn away(rspamd: bool, fail_action: FailAction) -> Config {
     let mut config = config(&format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"));
     config.rspamd.enabled = rspamd;
     config.gateway.fail_action = fail_action;
+    // a message waits for a broker link up to its module's timeout
+    config.rspamd.timeout = std::time::Duration::from_millis(500);
     config
 }
 

@@ -1,5 +1,7 @@
 //! The gateway's packets, exactly, with the MTA side played by `MtaCodec`.
 
+use std::time::Duration;
+
 use milter_gateway::milter::optneg::{WANTED_ACTIONS, WANTED_PROTOCOL};
 use milter_gateway::milter::{Command, Response};
 use test_support::TestBroker;
@@ -227,10 +229,10 @@ async fn progress_is_sent_while_the_modules_think() {
 async fn without_the_broker_the_message_is_tempfailed() {
     // a port nobody listens on
     let closed = test_support::postfix::free_port().unwrap();
-    let gateway = Gateway::start(config(&format!(
-        "amqp://guest:guest@127.0.0.1:{closed}/%2f"
-    )))
-    .await;
+    let mut config = config(&format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"));
+    // a message waits for a broker link up to its module's timeout
+    config.rspamd.timeout = Duration::from_millis(500);
+    let gateway = Gateway::start(config).await;
     let mut mta = Mta::connect(gateway.addr).await;
     mta.client().await;
     let replies = mta

@@ -366,11 +366,17 @@ async fn killed_node_run(
             .metric("cluegetter_gateway_broker_unavailable_total")
             .unwrap_or(-1.0)
     ));
+    // A message that finds the link down waits for the next node (up to its module's
+    // timeout), so a node loss must cost no message its verdict.
+    let no_broker = gateway.metric("cluegetter_gateway_broker_unavailable_total")?;
     gateway.stop().await;
     for worker in &mut workers {
         worker.stop().await;
     }
     auditor.stop().await;
+    if no_broker > 0.0 {
+        bail!("{no_broker} messages found no broker: the gateway did not wait for the next node");
+    }
     Ok(books)
 }
 
