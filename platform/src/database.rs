@@ -187,6 +187,10 @@ pub fn describe_metrics() {
 /// How long the probe waits for one node to accept a connection and answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest acquire timeout of a pool whose `[database] url` is a list: taking a connection
+/// of a node that died fails after it, and that failure is what starts the probe.
+pub const LIST_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 impl Database {
     /// The nodes of `urls`, in the order they are tried; nothing connects yet.
     ///
@@ -207,6 +211,16 @@ impl Database {
         if nodes.is_empty() {
             return Err(sqlx::Error::Configuration("no database URL".into()));
         }
+        let settings = if nodes.len() > 1 {
+            // a dead node costs a connection attempt refused again and again until the acquire
+            // times out, and only then the probe starts: keep that short with a list
+            PoolSettings {
+                acquire_timeout: settings.acquire_timeout.min(LIST_ACQUIRE_TIMEOUT),
+                ..settings
+            }
+        } else {
+            settings
+        };
         Ok(Self::with_nodes(nodes, settings))
     }
 
@@ -293,6 +307,9 @@ impl Database {
             return;
         }
         let from = self.current_node();
+        // A timed-out acquire may only be a busy pool: the node in use is asked first then.
+        // Anything else says the node itself failed: the others first, it last.
+        let busy = matches!(error, sqlx::Error::PoolTimedOut);
         tracing::warn!(
             %error,
             node = %self.inner.nodes[from].shown,
@@ -300,14 +317,20 @@ impl Database {
         );
         let db = self.clone();
         runtime.spawn(async move {
-            db.probe(from).await;
+            db.probe(from, busy).await;
             db.inner.probing.store(false, Ordering::Release);
         });
     }
 
-    /// Tries the nodes in [`probe_order`] and moves to the first that is ready.
-    async fn probe(&self, from: usize) {
-        for index in probe_order(from, self.inner.nodes.len()) {
+    /// Tries the nodes in [`probe_order`] (the node in use first when `in_use_first`) and
+    /// moves to the first that is ready.
+    async fn probe(&self, from: usize, in_use_first: bool) {
+        let count = self.inner.nodes.len();
+        let order = in_use_first
+            .then_some(from)
+            .into_iter()
+            .chain(probe_order(from, count).filter(move |i| !(in_use_first && *i == from)));
+        for index in order {
             let node = &self.inner.nodes[index];
             match tokio::time::timeout(PROBE_TIMEOUT, node_is_ready(&node.options)).await {
                 Ok(Ok(true)) => {

@@ -249,6 +249,33 @@ async fn the_database_moves_to_the_next_node_that_answers_and_back() {
     assert_eq!(select().await.unwrap(), 1);
 }
 
+/// A pool that is only busy (every connection taken, so taking one times out) is not a dead
+/// node: the database asks the node in use first and stays on it. And with a list, taking a
+/// connection gives up after at most `LIST_ACQUIRE_TIMEOUT`, so a dead node is found fast.
+#[tokio::test]
+async fn a_busy_pool_stays_on_its_node_and_a_list_gives_up_waiting_early() {
+    let one = TcpProxy::start(addr(MARIADB)).await.unwrap();
+    let two = TcpProxy::start(addr(MARIADB)).await.unwrap();
+    let url = |proxy: &TcpProxy| format!("mysql://root@127.0.0.1:{}/", proxy.port());
+    let urls = Urls::new(url(&one), [url(&two)]);
+    let settings = PoolSettings::new(1).acquire_timeout(Duration::from_secs(30));
+    let db = Database::new(&urls, settings).unwrap();
+    let held = db.acquire().await.unwrap();
+    let started = std::time::Instant::now();
+    let busy = db.acquire().await.unwrap_err();
+    assert!(matches!(busy, sqlx::Error::PoolTimedOut), "{busy:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited < database::LIST_ACQUIRE_TIMEOUT + Duration::from_secs(1),
+        "waited {waited:?} for a connection"
+    );
+    // the probe runs in the background: give it time to (wrongly) move
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(db.current_node(), 0, "a busy pool moved the database");
+    drop(held);
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+}
+
 /// Two transactions that take the same two rows in opposite order: InnoDB rolls one back
 /// (1213); [`database::ConflictRetries`] tries it again and both end up committed.
 #[tokio::test]

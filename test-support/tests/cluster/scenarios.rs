@@ -565,6 +565,13 @@ pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // the failover target (a list's acquire gives up after 1.5 s, then the probe)
+    if moved.0 > Duration::from_secs(5) {
+        bail!(
+            "the auditor moved to another database node {:.1} s after the kill (target 5 s)",
+            moved.0.as_secs_f64()
+        );
+    }
     let restart = tokio::spawn({
         let cluster = lab.cluster.clone();
         async move { tokio::task::spawn_blocking(move || cluster.restart(Node::Galera, 1)).await? }
