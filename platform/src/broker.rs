@@ -29,6 +29,7 @@ use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
@@ -55,13 +56,35 @@ pub async fn close(connection: &Connection, code: u16, reason: &str) {
     }
 }
 
+/// The AMQP heartbeat (seconds) asked for when a URL does not say (`?heartbeat=N`; 0 turns it
+/// off). A node cut off by a network partition sends nothing, not even a close, so its
+/// connections are only known dead when two heartbeats are missed: without one (RabbitMQ
+/// proposes 60 s) a partition would hold every process on the lost node for two minutes.
+pub const DEFAULT_HEARTBEAT: u16 = 3;
+
+/// `url` parsed, with [`DEFAULT_HEARTBEAT`] unless it asks for its own.
+///
+/// # Errors
+/// The URL cannot be parsed (the reason, without the URL: it may hold a password).
+pub fn amqp_uri(url: &str) -> Result<AMQPUri, String> {
+    let mut uri: AMQPUri = url.parse()?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(DEFAULT_HEARTBEAT);
+    }
+    Ok(uri)
+}
+
 /// One connection attempt, without a time limit (the supervisor's is [`CONNECT_TIMEOUT`]).
 ///
 /// # Errors
-/// The broker is unreachable or refuses the login or vhost.
+/// The URL cannot be parsed, or the broker is unreachable or refuses the login or vhost.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties).await
+    match amqp_uri(url) {
+        Ok(uri) => Connection::connect_uri(uri, properties).await,
+        // lapin words the parse error itself
+        Err(_) => Connection::connect(url, properties).await,
+    }
 }
 
 /// Longest one connection attempt may take (TCP, TLS, the AMQP handshake): a node that accepts
@@ -604,6 +627,18 @@ async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_gets_the_default_heartbeat_unless_it_asks_for_its_own() {
+        let plain = amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(plain.query.heartbeat, Some(DEFAULT_HEARTBEAT));
+        assert_eq!(plain.vhost, "/");
+        let own = amqp_uri("amqp://guest:guest@127.0.0.1:5672/v?heartbeat=20").unwrap();
+        assert_eq!(own.query.heartbeat, Some(20));
+        let off = amqp_uri("amqp://guest:guest@127.0.0.1:5672/v?heartbeat=0").unwrap();
+        assert_eq!(off.query.heartbeat, Some(0));
+        assert!(amqp_uri("http://nope").is_err());
+    }
 
     #[test]
     fn replicated_queues_are_quorum_with_a_delivery_limit_and_dead_letter_at_least_once() {

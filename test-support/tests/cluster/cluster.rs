@@ -1,6 +1,7 @@
 //! `scripts/cluster.sh` from the test: start (fresh) in a directory of the test's own, stop
 //! when dropped (also when the test fails or panics), kill and restart RabbitMQ and Galera
-//! nodes, and ask the cluster which node leads a quorum queue.
+//! nodes, cut a RabbitMQ node off with iptables and heal it, and ask the cluster which node
+//! leads a quorum queue and how many nodes it sees running.
 //!
 //! Every call blocks until the script is done (start takes ~45 s, restart until the node is
 //! back in the cluster): call them from `spawn_blocking`, so the load keeps going meanwhile.
@@ -88,6 +89,40 @@ impl Cluster {
     pub fn restart(&self, kind: Node, node: usize) -> Result<()> {
         self.script(&["restart"], &[kind.as_str(), &node.to_string()])
             .map(drop)
+    }
+
+    /// `cluster.sh isolate DIR N rabbit`: iptables drops node N's broker traffic, both ways,
+    /// with the other nodes and with every client.
+    pub fn isolate_rabbit(&self, node: usize) -> Result<()> {
+        self.script(&["isolate"], &[&node.to_string(), "rabbit"])
+            .map(drop)
+    }
+
+    /// `cluster.sh heal DIR N`.
+    pub fn heal(&self, node: usize) -> Result<()> {
+        self.script(&["heal"], &[&node.to_string()]).map(drop)
+    }
+
+    /// How many RabbitMQ nodes node `ask` sees running (itself included).
+    pub fn running_seen_by(&self, ask: usize) -> Result<usize> {
+        let out = self.script(
+            &["rabbitmqctl"],
+            &[
+                &ask.to_string(),
+                "-q",
+                "-t",
+                "10",
+                "cluster_status",
+                "--formatter",
+                "json",
+            ],
+        )?;
+        let status: serde_json::Value =
+            serde_json::from_str(out.trim()).context("rabbitmqctl cluster_status as JSON")?;
+        status["running_nodes"]
+            .as_array()
+            .map(Vec::len)
+            .with_context(|| format!("no running_nodes in {out}"))
     }
 
     /// The node (1..3) that leads quorum queue `queue` (on vhost `/`), asked of node `ask`'s

@@ -10,6 +10,10 @@
 //! - `rabbit-node-kill9`: the node every process connects to first (node 1); four
 //!   `check-workers` serve the quotas module in both broker scenarios, so every message needs a
 //!   check over the broker too;
+//! - `rabbit-partition`: node 1 cut off from the other nodes and every client by iptables
+//!   (both directions), kept away until the others see it gone and it paused
+//!   (`pause_minority`), then healed; the processes find their silent connections dead by the
+//!   AMQP heartbeat (3 s) and move on;
 //! - `audit-leader-kill9`: the node that leads the quorum queue `cluegetter.audit.archive`;
 //! - `galera-node-kill9`: with `[database] url` = the three Galera nodes, the node the auditor
 //!   writes to (node 1); the books are done on node 2;
@@ -82,6 +86,7 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
     let only = std::env::var("CG_CLUSTER_SCENARIOS").ok();
     let chosen = [
         "rabbit-node-kill9",
+        "rabbit-partition",
         "audit-leader-kill9",
         "galera-node-kill9",
         "galera-quota-race",
@@ -96,6 +101,7 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
         let run = async {
             match scenario {
                 "rabbit-node-kill9" => scenarios::node_kill(&mut lab).await,
+                "rabbit-partition" => scenarios::partition(&mut lab).await,
                 "audit-leader-kill9" => scenarios::leader_kill(&mut lab).await,
                 "galera-node-kill9" => scenarios::galera_kill(&mut lab).await,
                 _ => scenarios::galera_quota_race(&mut lab).await,

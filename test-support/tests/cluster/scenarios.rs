@@ -233,13 +233,24 @@ fn host_port(url: &str) -> String {
         .to_owned()
 }
 
-/// Runs the load with both processes on the cluster, kills node `victim(lab)` once
-/// [`KILL_AT`] of it is done, measures the failover, restarts the node, drains, and does the
-/// books.
+/// What befalls the broker node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9`, then started again.
+    Kill9,
+    /// Cut off from the other nodes and every client by iptables (both directions) until the
+    /// other two see it gone and it paused (`pause_minority`), then healed.
+    Partition,
+}
+
+/// Runs the load with both processes on the cluster, strikes node `victim(lab)` with `fault`
+/// once [`KILL_AT`] of it is done, measures the failover, brings the node back (restart or
+/// heal), drains, and does the books.
 async fn killed_node_run(
     lab: &mut Lab,
     name: &str,
     prefix: &str,
+    fault: Fault,
     victim: impl AsyncFnOnce(&Lab) -> Result<(usize, String)>,
 ) -> Result<Accounting> {
     let (mut setup, db) = lab.setup(name).await?;
@@ -296,7 +307,10 @@ async fn killed_node_run(
     );
     let killed = Instant::now();
     let spool_at_kill = spooled(&setup);
-    lab.cluster(move |c| c.kill9(Node::Rabbit, node)).await?;
+    match fault {
+        Fault::Kill9 => lab.cluster(move |c| c.kill9(Node::Rabbit, node)).await?,
+        Fault::Partition => lab.cluster(move |c| c.isolate_rabbit(node)).await?,
+    }
     let mut failover = String::new();
     if why.starts_with("leader") {
         // the fault bites only if the queue gets a new leader on one of the other two
@@ -329,16 +343,37 @@ async fn killed_node_run(
             a.as_secs_f64()
         );
     }
+    if fault == Fault::Partition {
+        // the majority must have seen it go (net_ticktime 8 s) for the partition to be one
+        let ask = if node == 1 { 2 } else { 1 };
+        let end = Instant::now() + FAILOVER;
+        while lab.cluster(move |c| c.running_seen_by(ask)).await.ok() != Some(2) {
+            if Instant::now() >= end {
+                bail!("node {ask} still sees node {node} running {FAILOVER:?} after the cut");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        notes.push(format!(
+            "node {ask} sees node {node} gone {:.1} s after the cut",
+            killed.elapsed().as_secs_f64()
+        ));
+    }
     // the node comes back while the load goes on (or after it)
     let restart = tokio::spawn({
         let cluster = lab.cluster.clone();
-        async move { tokio::task::spawn_blocking(move || cluster.restart(Node::Rabbit, node)).await? }
+        async move {
+            tokio::task::spawn_blocking(move || match fault {
+                Fault::Kill9 => cluster.restart(Node::Rabbit, node),
+                Fault::Partition => heal_and_rejoin(&cluster, node),
+            })
+            .await?
+        }
     });
     let sent = drive.finish().await;
     let restart_wait = Instant::now();
     restart.await??;
     notes.push(format!(
-        "node {node} back in the cluster {:.1} s after the kill ({:.1} s after the load)",
+        "node {node} back in the cluster {:.1} s after the fault ({:.1} s after the load)",
         killed.elapsed().as_secs_f64(),
         restart_wait.elapsed().as_secs_f64()
     ));
@@ -367,14 +402,17 @@ async fn killed_node_run(
             .unwrap_or(-1.0)
     ));
     // A message that finds the link down waits for the next node (up to its module's
-    // timeout), so a node loss must cost no message its verdict.
+    // timeout), so a node killed must cost no message its verdict.
     let no_broker = gateway.metric("cluegetter_gateway_broker_unavailable_total")?;
     gateway.stop().await;
     for worker in &mut workers {
         worker.stop().await;
     }
     auditor.stop().await;
-    if no_broker > 0.0 {
+    // (A partition is another matter: until the other nodes notice it, after net_ticktime,
+    // RabbitMQ 3's metadata operations stall, declaring a reply queue among them; messages
+    // that come meanwhile may find no link in time. What must hold there is the books.)
+    if fault == Fault::Kill9 && no_broker > 0.0 {
         bail!("{no_broker} messages found no broker: the gateway did not wait for the next node");
     }
     Ok(books)
@@ -501,10 +539,35 @@ fn metrics_note(gateway: &Process, auditor: &Process) -> String {
     )
 }
 
+/// Heals the isolation of `node` and waits until the other nodes see it running again (it
+/// resumes from its pause and rejoins).
+fn heal_and_rejoin(cluster: &Cluster, node: usize) -> Result<()> {
+    cluster.heal(node)?;
+    let ask = if node == 1 { 2 } else { 1 };
+    let end = std::time::Instant::now() + FAILOVER;
+    while cluster.running_seen_by(ask).ok() != Some(3) {
+        if std::time::Instant::now() >= end {
+            bail!("node {node} not running again {FAILOVER:?} after the heal");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// `kill -9` of node 1, the one every process connects to first: they all move on.
 pub async fn node_kill(lab: &mut Lab) -> Result<Accounting> {
-    killed_node_run(lab, "rabbit-node-kill9", "CNK", async |_| {
+    killed_node_run(lab, "rabbit-node-kill9", "CNK", Fault::Kill9, async |_| {
         Ok((1, "where the processes are".to_owned()))
+    })
+    .await
+}
+
+/// Node 1, the one every process connects to first, cut off by a partition: its connections
+/// go silent (no close comes through), the processes find them dead by the AMQP heartbeat and
+/// move on; the node pauses (`pause_minority`), is healed, and rejoins.
+pub async fn partition(lab: &mut Lab) -> Result<Accounting> {
+    killed_node_run(lab, "rabbit-partition", "CNP", Fault::Partition, async |_| {
+        Ok((1, "where the processes are; cut off by iptables".to_owned()))
     })
     .await
 }
@@ -512,7 +575,7 @@ pub async fn node_kill(lab: &mut Lab) -> Result<Accounting> {
 /// `kill -9` of the node that leads the archive queue: a new leader is elected among the
 /// other two; the processes see channel errors and reconnect where needed.
 pub async fn leader_kill(lab: &mut Lab) -> Result<Accounting> {
-    killed_node_run(lab, "audit-leader-kill9", "CLK", async |lab| {
+    killed_node_run(lab, "audit-leader-kill9", "CLK", Fault::Kill9, async |lab| {
         let leader = lab.cluster(|c| c.leader(2, AUDIT_QUEUE)).await?;
         Ok((leader, format!("leader of {AUDIT_QUEUE}")))
     })
