@@ -17,3 +17,4 @@ mod prune;
 mod support;
 mod web;
 mod web_auth;
+mod web_dates;
