@@ -18,3 +18,5 @@ mod support;
 mod web;
 mod web_auth;
 mod web_dates;
+mod web_fixes;
+mod web_flood;
