@@ -25,7 +25,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// Create the database if missing, apply the schema migrations, and exit.
     Migrate,
@@ -39,10 +39,20 @@ enum Command {
     Web(Web),
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Web {
-    /// Read a password from stdin (one line) and print its argon2 hash for
-    /// `[[auditor.web-users]] password-hash`.
+    /// Add a user: asks for the password (twice, not echoed; from stdin, one line, when that
+    /// is not a terminal) and prints the `[[auditor.web-users]]` block to paste into the
+    /// configuration.
+    AddUser {
+        /// The user name, as typed at the login form.
+        name: String,
+        /// What the user may do.
+        #[arg(long, value_enum, default_value_t = auditor::web::auth::Role::Admin)]
+        role: auditor::web::auth::Role,
+    },
+    /// Ask for a password (not echoed; from stdin, one line, when that is not a terminal) and
+    /// print its argon2 hash for `[[auditor.web-users]] password-hash`.
     HashPassword,
 }
 
@@ -75,8 +85,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     if let Command::DeadLetters(action) = command {
         return dead_letters(action, &config).await;
     }
-    if let Command::Web(Web::HashPassword) = command {
-        return hash_password();
+    match &command {
+        Command::Web(Web::HashPassword) => {
+            let password = read_password(false)?;
+            println!("{}", auditor::web::hash_password(&password)?);
+            return Ok(());
+        }
+        Command::Web(Web::AddUser { name, role }) => {
+            auditor::web::auth::check_user_name(name).map_err(anyhow::Error::msg)?;
+            let password = read_password(true)?;
+            let hash = auditor::web::hash_password(&password)?;
+            print!("{}", auditor::web::auth::user_toml(name, &hash, *role));
+            return Ok(());
+        }
+        _ => {}
     }
     let shutdown = CancellationToken::new();
     platform::shutdown::cancel_on_signal(shutdown.clone(), "finishing the batch in hand");
@@ -85,34 +107,27 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             platform::telemetry::serve_metrics(config.auditor.metrics_listen)
                 .map_err(anyhow::Error::msg)?;
         }
-        if !migrate_with_retry(&config, &shutdown).await? {
+        if !matches!(command, Command::Run) {
+            migrate_with_retry(&config, &shutdown).await?;
             return Ok(());
         }
-        match command {
-            Command::Run => {
-                // the web interface beside the consumer, on its own listener, same shutdown
-                let listener = tokio::net::TcpListener::bind(config.auditor.web_listen)
-                    .await
-                    .with_context(|| {
-                        format!("cannot listen on web-listen {}", config.auditor.web_listen)
-                    })?;
-                let pool = auditor::store::connect_lazy(
-                    &config.database.url,
-                    config.database.max_connections,
-                )
-                .context("invalid database.url")?;
-                let web = tokio::spawn(auditor::web::serve(
-                    listener,
-                    auditor::web::AppState::new(&config, pool),
-                    shutdown.clone(),
-                ));
-                let consumed = auditor::run(config, shutdown.clone()).await;
-                shutdown.cancel();
-                let served = web.await.context("the web interface panicked")?;
-                consumed.and(served.context("the web interface failed"))
+        // The web interface first, on its own listener and its own runtime (threads), so it
+        // answers (503 for what needs the database) while the database is still away, and
+        // neither it nor the consumer can starve the other. Same shutdown.
+        let (_, web) = auditor::web::spawn(&config, shutdown.clone())?;
+        let consumed = async {
+            if !migrate_with_retry(&config, &shutdown).await? {
+                return Ok(());
             }
-            Command::Migrate | Command::DeadLetters(_) | Command::Web(_) => Ok(()),
+            auditor::run(config, shutdown.clone()).await
         }
+        .await;
+        shutdown.cancel();
+        let served = tokio::task::spawn_blocking(move || web.join())
+            .await
+            .context("cannot wait for the web interface")?
+            .map_err(|_| anyhow::anyhow!("the web interface panicked"))?;
+        consumed.and(served.context("the web interface failed"))
     }
     .await
 }
@@ -149,16 +164,27 @@ async fn dead_letters(action: DeadLetters, config: &Config) -> anyhow::Result<()
     Ok(())
 }
 
-/// `auditor web hash-password`: one line from stdin, its argon2 PHC hash on stdout.
-fn hash_password() -> anyhow::Result<()> {
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("cannot read the password from stdin")?;
-    let password = line.trim_end_matches(['\r', '\n']);
-    anyhow::ensure!(!password.is_empty(), "empty password on stdin");
-    println!("{}", auditor::web::hash_password(password)?);
-    Ok(())
+/// A password for `auditor web hash-password` and `add-user`: asked on the terminal without
+/// echo (twice when `confirm`), or one line from stdin when that is not a terminal.
+fn read_password(confirm: bool) -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+        return Ok(password);
+    }
+    let password = auditor::web::terminal::ask_hidden("Password: ")?;
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    if confirm {
+        let again = auditor::web::terminal::ask_hidden("Password again: ")?;
+        anyhow::ensure!(again == password, "the passwords differ");
+    }
+    Ok(password)
 }
 
 /// Applies the migrations, retrying with backoff while the database is unreachable. Returns

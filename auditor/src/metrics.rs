@@ -20,6 +20,11 @@ pub const BATCH_FAILURES: &str = "cluegetter_auditor_batch_failures_total";
 /// Broker connections lost or refused after the first.
 pub const BROKER_RECONNECTS: &str = "cluegetter_auditor_broker_reconnects_total";
 
+/// Open connections of the web interface (at most `web-max-connections`).
+pub const WEB_CONNECTIONS: &str = "cluegetter_auditor_web_connections";
+/// Web requests answered 503 because they took longer than `web-request-timeout`.
+pub const WEB_REQUEST_TIMEOUTS: &str = "cluegetter_auditor_web_request_timeouts_total";
+
 /// Archive rows deleted by pruning, by `table` ([`PRUNED_TABLES`]).
 pub const PRUNED_ROWS: &str = "cluegetter_auditor_pruned_rows_total";
 /// Prune runs that stopped at an SQL error (the next run starts over).
@@ -66,11 +71,20 @@ pub fn describe() {
         BROKER_RECONNECTS,
         "Broker connections lost and re-established"
     );
+    metrics::describe_gauge!(
+        WEB_CONNECTIONS,
+        "Open connections of the web interface (at most web-max-connections)"
+    );
+    metrics::describe_counter!(
+        WEB_REQUEST_TIMEOUTS,
+        "Web requests answered 503 because they took longer than web-request-timeout"
+    );
     for counter in [
         EVENTS_COMMITTED,
         DUPLICATES_SKIPPED,
         BATCH_FAILURES,
         BROKER_RECONNECTS,
+        WEB_REQUEST_TIMEOUTS,
     ] {
         metrics::counter!(counter).increment(0);
     }

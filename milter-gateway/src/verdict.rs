@@ -141,13 +141,7 @@ pub struct Decision {
 
 /// The action a result counts as: see the module documentation, "Normalisation".
 pub fn effective_action(result: &CheckResult) -> Action {
-    if result.action == Action::Error || !result.score.is_finite() {
-        Action::Error
-    } else if result.score == 0.0 {
-        Action::Permit
-    } else {
-        result.action
-    }
+    result.action.counted_as(result.score)
 }
 
 /// True once any one action's raw (unweighted) score sum reaches the breaker score. Every

@@ -76,7 +76,8 @@ const WEB_LAYERS: Rule = Rule::Layers {
         "bounces", "login", "message", "openapi", "quotas", "search", "stats",
     ],
     shared: &[
-        "auth", "error", "format", "nav", "params", "state", "svg", "throttle",
+        "auth", "error", "format", "nav", "params", "server", "state", "svg", "terminal",
+        "throttle",
     ],
 };
 

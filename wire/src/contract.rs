@@ -121,6 +121,20 @@ impl Action {
             Action::Quarantine => "quarantine",
         }
     }
+
+    /// The action a module's suggestion counts as in the verdict, given its raw `score`: an
+    /// `error` stays an error whatever its score, a non-finite score is an error, a zero score
+    /// counts as permit (it adds nothing to any sum), anything else as suggested. The gateway's
+    /// verdict and the auditor's pages both use this one rule.
+    pub fn counted_as(self, score: f64) -> Action {
+        if self == Action::Error || !score.is_finite() {
+            Action::Error
+        } else if score == 0.0 {
+            Action::Permit
+        } else {
+            self
+        }
+    }
 }
 
 impl fmt::Display for Action {
@@ -896,6 +910,17 @@ mod base64_opt {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_zero_score_counts_as_permit_and_errors_stay_errors() {
+        assert_eq!(Action::Reject.counted_as(0.0), Action::Permit);
+        assert_eq!(Action::Reject.counted_as(-0.0), Action::Permit);
+        assert_eq!(Action::Reject.counted_as(3.0), Action::Reject);
+        assert_eq!(Action::Reject.counted_as(-1.5), Action::Reject);
+        assert_eq!(Action::Tempfail.counted_as(f64::NAN), Action::Error);
+        assert_eq!(Action::Error.counted_as(0.0), Action::Error);
+        assert_eq!(Action::Permit.counted_as(1.0), Action::Permit);
+    }
 
     pub(crate) fn sample_session() -> SessionInfo {
         SessionInfo {

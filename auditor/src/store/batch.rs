@@ -25,7 +25,8 @@ use wire::{AuditEvent, Header};
 
 use super::values::{
     self, HEADER_BODY_BYTES, HEADER_LINE_CHARS, HEADER_NAME_BYTES, RecipientRow, SASL_METHOD_CHARS,
-    SESSION_TEXT_CHARS, TEXT_BYTES, TLS_VERSION_CHARS, truncate_chars, truncate_utf8_bytes,
+    SESSION_TEXT_CHARS, TEXT_BYTES, TLS_VERSION_CHARS, datetime, truncate_chars,
+    truncate_utf8_bytes,
 };
 use super::{Ids, Kinds, is_duplicate_key};
 
@@ -327,7 +328,7 @@ async fn upsert_sessions(
             row.push_bind(session.session_id)
                 .push_bind(instance)
                 .push_bind(client)
-                .push_bind(session.connected_at)
+                .push_bind(datetime(session.connected_at))
                 .push_bind(ip.map(|ip| ip.to_string()).unwrap_or_default())
                 .push_bind(ip.map(values::ip_bin))
                 .push_bind(session.client_port)
@@ -412,7 +413,7 @@ async fn insert_messages(
                 .push_bind(event.session.session_id)
                 .push_bind(message.queue_id.clone())
                 .push_bind(event.session.mta_hostname.clone())
-                .push_bind(message.received_at)
+                .push_bind(datetime(message.received_at))
                 .push_bind(message.body_size)
                 .push_bind(message.body_hash.clone())
                 .push_bind(truncate_chars(&message.message_id_header, HEADER_LINE_CHARS).to_owned())
@@ -510,7 +511,7 @@ async fn insert_recipients(
                 .push_bind(link.row.count)
                 .push_bind(link.row.reason.clone())
                 .push_bind(link.row.domain.clone())
-                .push_bind(link.event.message.received_at);
+                .push_bind(datetime(link.event.message.received_at));
         });
         // Two spellings the database holds equal (trailing spaces) add up instead of colliding.
         query.push(" ON DUPLICATE KEY UPDATE count = count + VALUES(count)");

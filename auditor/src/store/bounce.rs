@@ -12,7 +12,7 @@ use uuid::Uuid;
 use wire::BounceEvent;
 use wire::contract::{RecipientReport, TypedValue};
 
-use super::values::{TEXT_BYTES, truncate_chars, truncate_utf8_bytes};
+use super::values::{TEXT_BYTES, datetime, opt_datetime, truncate_chars, truncate_utf8_bytes};
 use super::{is_duplicate_key, is_refusal, mysql_error_number};
 
 /// How a bounce was joined to its message (`bounce.link`), in the order they are tried.
@@ -126,7 +126,7 @@ impl BounceStore {
         let mut linked = [0; 3];
         for (count, sql) in linked.iter_mut().zip(statements) {
             *count = sqlx::query(sql)
-                .bind(since)
+                .bind(datetime(since))
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -159,13 +159,13 @@ async fn write_rows(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance)
-    .bind(row.date)
+    .bind(datetime(row.date))
     .bind(&row.mta)
     .bind(&row.queue_id)
     .bind(&row.message_id)
     .bind(&row.sender)
     .bind(event.bounce_id.0)
-    .bind(event.received_at)
+    .bind(datetime(event.received_at))
     .bind(event.source.as_str())
     .bind(
         event
@@ -178,7 +178,7 @@ async fn write_rows(
     .bind(&row.parse_reason)
     .bind(truncate_chars(&event.report.subject, LINE_CHARS))
     .bind(&row.received_from_mta)
-    .bind(event.report.per_message.arrival_date)
+    .bind(opt_datetime(event.report.per_message.arrival_date))
     .bind(truncate_chars(&event.report.returned.from, LINE_CHARS))
     .bind(truncate_chars(&event.report.returned.to, LINE_CHARS))
     .bind(truncate_chars(&event.report.returned.subject, LINE_CHARS))
@@ -217,9 +217,9 @@ async fn write_rows(
                 .push_bind(report.action)
                 .push_bind(report.recipient.clone())
                 .push_bind(report.recipient_domain.clone())
-                .push_bind(report.last_attempt_date)
-                .push_bind(report.will_retry_until)
-                .push_bind(row.date);
+                .push_bind(opt_datetime(report.last_attempt_date))
+                .push_bind(opt_datetime(report.will_retry_until))
+                .push_bind(datetime(row.date));
         });
         insert.build().execute(&mut *conn).await?;
     }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use ipnet::IpNet;
 use wire::{AuditResult, ModuleName, RejectedRecipient};
 
@@ -33,6 +34,35 @@ pub const BODY_CHUNK_BYTES: usize = 65_535;
 /// Largest `message_result.determinants` kept as is (LONGTEXT could hold more, but one row must
 /// stay far below the server's `max_allowed_packet`); a larger value is replaced by a note.
 pub const DETERMINANTS_BYTES: usize = 1024 * 1024;
+
+/// The earliest time a DATETIME column holds: 1000-01-01 00:00:00.
+pub fn datetime_min() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(1000, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map_or(DateTime::<Utc>::MIN_UTC, |time| time.and_utc())
+}
+
+/// The latest time a DATETIME(6) column holds: 9999-12-31 23:59:59.999999.
+pub fn datetime_max() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999))
+        .map_or(DateTime::<Utc>::MAX_UTC, |time| time.and_utc())
+}
+
+/// `time` as a DATETIME bind parameter, cut to the DATETIME range (years 1000 to 9999).
+///
+/// Never bind a `DateTime<Utc>` itself: sqlx sends it as MySQL's TIMESTAMP type, and MariaDB
+/// takes such a parameter through the TIMESTAMP range (1970 to 2038-01-19), so a bound past
+/// either end no longer compares as the date it was (a range ending in 2039 matched nothing).
+/// A `NaiveDateTime` is sent as DATETIME, which holds every date the columns hold.
+pub fn datetime(time: DateTime<Utc>) -> NaiveDateTime {
+    time.clamp(datetime_min(), datetime_max()).naive_utc()
+}
+
+/// [`datetime`] of an optional time.
+pub fn opt_datetime(time: Option<DateTime<Utc>>) -> Option<NaiveDateTime> {
+    time.map(datetime)
+}
 
 /// An address split at its last `@` into (local part, domain), both lower-cased and cut to their
 /// columns. Surrounding whitespace and angle brackets are dropped. Without `@` the whole address
@@ -298,6 +328,19 @@ mod tests {
         assert_eq!(
             split_address("JOSÉ@Bücher.example"),
             ("josé".into(), "bücher.example".into())
+        );
+    }
+
+    #[test]
+    fn times_are_cut_to_the_datetime_range() {
+        use chrono::TimeZone as _;
+        let inside = Utc.with_ymd_and_hms(9999, 6, 1, 12, 0, 0).unwrap();
+        assert_eq!(datetime(inside), inside.naive_utc());
+        let early = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(datetime(early).to_string(), "1000-01-01 00:00:00");
+        assert_eq!(
+            datetime(DateTime::<Utc>::MAX_UTC).to_string(),
+            "9999-12-31 23:59:59.999999"
         );
     }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use platform::database::Database;
@@ -215,6 +215,48 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
     Ok(hash.to_string())
 }
 
+/// What a web user may do: `admin` (everything) for now. `auditor web add-user --role` takes
+/// it, so roles can be added without changing the command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    #[default]
+    Admin,
+}
+
+/// Why `name` cannot be a web user's name: empty, too long, or with control characters or
+/// surrounding spaces (it is typed at the login form and shown in logs).
+///
+/// # Errors
+/// The reason, for the command line.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err("the user name must have 1 to 100 characters".to_owned());
+    }
+    if name.chars().any(char::is_control) || name.trim() != name {
+        return Err(
+            "the user name must not hold control characters or begin or end with spaces".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// The `[[auditor.web-users]]` block for a user with this argon2 `hash`, to paste at the end
+/// of the configuration's `[auditor]` section. Every user is an admin for now, so the role is a
+/// comment.
+pub fn user_toml(name: &str, hash: &str, role: Role) -> String {
+    // a JSON string is a TOML basic string (same escapes)
+    let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    let role = match role {
+        Role::Admin => "admin",
+    };
+    format!(
+        "# paste after the last plain key of [auditor]; role: {role} (every user may see everything)\n\
+         [[auditor.web-users]]\nname = {}\npassword-hash = {}\n",
+        quoted(name),
+        quoted(hash)
+    )
+}
+
 /// Deletes expired sessions, a batch at a time, and forgets login failures older than the
 /// window; returns the session rows deleted.
 ///
@@ -240,7 +282,7 @@ pub async fn sweep(state: &AppState) -> Result<u64, sqlx::Error> {
 
 /// Lets a request through with a valid session cookie or bearer token; otherwise API calls get
 /// 401 and pages a redirect to the login form. When the session cannot be checked (database
-/// down), 503.
+/// down), 503: never a login.
 pub async fn require_login(
     State(state): State<AppState>,
     mut request: Request,
@@ -253,8 +295,8 @@ pub async fn require_login(
         match state.auth.session(&state.pool, &id).await {
             Ok(found) => identity = found,
             Err(error) => {
-                let api = request.uri().path().starts_with("/api/");
-                return session_store_unavailable(&error, api);
+                tracing::error!(error = %error, "cannot check a web session: the database failed");
+                return WebError::Unavailable(error).into_response();
             }
         }
     }
@@ -263,19 +305,11 @@ pub async fn require_login(
         return next.run(request).await;
     }
     let path = request.uri().path();
-    if path.starts_with("/api/") || bearer(request.headers()).is_some() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [
-                (header::WWW_AUTHENTICATE, "Bearer"),
-                (header::CONTENT_TYPE, "application/json"),
-            ],
-            r#"{"error":"authentication required"}"#,
-        )
-            .into_response();
-    }
-    if request.method() != axum::http::Method::GET {
-        return (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+    if path.starts_with("/api/")
+        || bearer(request.headers()).is_some()
+        || request.method() != axum::http::Method::GET
+    {
+        return WebError::Unauthenticated.into_response();
     }
     let wanted = request
         .uri()
@@ -284,30 +318,6 @@ pub async fn require_login(
         .to_owned();
     let target = serde_urlencoded::to_string([("next", wanted.as_str())]).unwrap_or_default();
     Redirect::to(&format!("/login?{target}")).into_response()
-}
-
-/// 503: the session could not be checked. JSON for the API, plain text for pages.
-fn session_store_unavailable(error: &sqlx::Error, api: bool) -> Response {
-    tracing::error!(error = %error, "cannot check a web session: the database failed");
-    let retry = [(header::RETRY_AFTER, "5")];
-    if api {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            retry,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"error":"the session store (database) is unavailable; try again shortly"}"#,
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            retry,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "503 Service Unavailable: the login cannot be checked because the archive database \
-             is unavailable; try again shortly.",
-        )
-            .into_response()
-    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -20,6 +20,7 @@ use super::params::{Params, free_text, parse_paging, parse_range};
 use super::state::AppState;
 use crate::store::read::AddressFilter;
 use crate::store::read::bounces::{self as read, BounceQuery};
+use crate::store::values::datetime_max;
 
 /// Most raw report bytes shown.
 const RAW_SHOWN: usize = 256 * 1024;
@@ -39,7 +40,8 @@ pub struct BounceParams {
     /// Start, UTC: YYYY-MM-DDTHH:MM[:SS], YYYY-MM-DD or RFC 3339 (default: 24 h before `to`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub from: String,
-    /// End (exclusive), same forms (default: now).
+    /// End (exclusive), same forms (default: none, so reports dated in the future by their
+    /// own Date header are listed too).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub to: String,
     /// `1`: only reports not linked to a message.
@@ -75,6 +77,13 @@ impl BounceParams {
             }
         };
         let (from, to) = parse_range(&params.from, &params.to)?;
+        // a report's date is its own Date header, which may lie ahead of our clock: without a
+        // `to` the list is open-ended, else the default "now" would hide such reports
+        let to = if params.to.trim().is_empty() {
+            datetime_max()
+        } else {
+            to
+        };
         let (page, per_page) = parse_paging(&params.page, &params.per_page)?;
         Ok(BounceQuery {
             recipient: free_text("recipient", &params.recipient)?
@@ -104,6 +113,11 @@ pub struct BounceLine {
     pub recipient: String,
     pub diag_code: String,
     pub orig_subject: String,
+    /// The report's own Subject.
+    pub subject: String,
+    /// Why the report could not be read (whole or in part), one problem per line; empty when
+    /// it was.
+    pub parse_reason: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,6 +149,8 @@ async fn list(state: &AppState, filter: &BounceQuery) -> Result<BounceList, WebE
                 recipient: r.recipient.unwrap_or_default(),
                 diag_code: r.diag_code.unwrap_or_default(),
                 orig_subject: r.orig_subject,
+                subject: r.subject,
+                parse_reason: r.parse_reason.unwrap_or_default(),
             })
             .collect(),
         page: filter.page,

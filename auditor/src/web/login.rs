@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Form;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -19,9 +19,11 @@ use super::auth::{
 };
 use super::error::WebError;
 use super::format::fmt_period;
+use super::params::Params;
 use super::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct LoginQuery {
     next: Option<String>,
 }
@@ -38,7 +40,7 @@ pub struct LoginTemplate {
 pub async fn login_page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<LoginQuery>,
+    Params(query): Params<LoginQuery>,
 ) -> Result<Response, WebError> {
     login_form(&state, &headers, query.next.as_deref(), "", StatusCode::OK)
 }

@@ -13,7 +13,7 @@ use wire::Action;
 
 use super::auth::Identity;
 use super::error::WebError;
-use super::format::{address, fmt_date, lossy};
+use super::format::{address, decode_header, decode_subject, fmt_date, lossy};
 use super::nav::Nav;
 use super::params::parse_uuid;
 use super::state::AppState;
@@ -61,7 +61,11 @@ pub struct Recipient {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HeaderLine {
     pub name: String,
+    /// As received.
     pub value: String,
+    /// With its RFC 2047 encoded words decoded (Subject, From, To, …); `None` when that changes
+    /// nothing.
+    pub decoded: Option<String>,
 }
 
 /// The envelope changes in the srs module's determinants (`sender.rewritten`,
@@ -105,7 +109,14 @@ pub struct DetRow {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModuleResult {
     pub module: String,
+    /// What the module suggested, as it sent it.
     pub suggested: String,
+    /// What the result counted as in the verdict (`wire::Action::counted_as`: a zero score
+    /// counts as permit, a non-finite one as error); `None` for a late result, which did not
+    /// count.
+    pub counted_as: Option<String>,
+    /// Whether this result's message is the verdict's reason, the text Postfix was given.
+    pub gave_reason: bool,
     pub score: f64,
     pub weighted_score: f64,
     pub duration_ms: f64,
@@ -116,6 +127,39 @@ pub struct ModuleResult {
     pub determinants: serde_json::Value,
     #[serde(skip)]
     pub rows: Vec<DetRow>,
+    /// The badge's style: the counted action when it is the verdict's, else `muted`.
+    #[serde(skip)]
+    pub badge: &'static str,
+}
+
+/// What a stored result counted as, whether it gave the verdict's reason and its badge's
+/// style: what counted, not what the module suggested. A result that counted toward an action
+/// the verdict was not (rspamd's reject score on a permitted message) is shown muted.
+fn counted(
+    suggested: &str,
+    score: f64,
+    late: bool,
+    message: &str,
+    verdict: &str,
+    reason: &str,
+) -> (Option<String>, bool, &'static str) {
+    if late {
+        return (None, false, "muted");
+    }
+    let Ok(action) = suggested.parse::<Action>() else {
+        // an action this build does not know: shown as it came
+        return (Some(suggested.to_owned()), false, "muted");
+    };
+    let counted = action.counted_as(score);
+    let for_the_verdict = counted.as_str() == verdict;
+    let gave_reason =
+        for_the_verdict && counted != Action::Permit && !message.is_empty() && message == reason;
+    let badge = if for_the_verdict {
+        counted.as_str()
+    } else {
+        "muted"
+    };
+    (Some(counted.as_str().to_owned()), gave_reason, badge)
 }
 
 /// An envelope change a module made, as the srs module's determinants tell it: the sender
@@ -213,9 +257,20 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
             let determinants = serde_json::from_str(&r.determinants)
                 .unwrap_or(serde_json::Value::String(r.determinants.clone()));
             let rows = flatten(&determinants);
+            let (counted_as, gave_reason, badge) = counted(
+                &r.verdict,
+                r.score,
+                r.late,
+                &r.verdict_msg,
+                &row.verdict,
+                &row.verdict_msg,
+            );
             ModuleResult {
                 module: r.module,
                 suggested: r.verdict,
+                counted_as,
+                gave_reason,
+                badge,
                 score: r.score,
                 weighted_score: r.weighted_score,
                 duration_ms: r.duration * 1000.0,
@@ -234,7 +289,7 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
         queue_id: row.queue_id,
         sender: address(&row.sender_local, &row.sender_domain),
         message_id: row.message_id,
-        subject: row.subject,
+        subject: decode_subject(&row.subject),
         rcpt_count: row.rcpt_count,
         body_size: row.body_size,
         body_hash: row.body_hash,
@@ -269,9 +324,13 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
         envelope_changes,
         headers: headers
             .into_iter()
-            .map(|(name, value)| HeaderLine {
-                name: lossy(&name),
-                value: lossy(&value),
+            .map(|(name, value)| {
+                let (name, value) = (lossy(&name), lossy(&value));
+                HeaderLine {
+                    decoded: decode_header(&name, &value),
+                    name,
+                    value,
+                }
             })
             .collect(),
         results,
@@ -297,7 +356,7 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
     let sum = |action: Action| -> String {
         let terms: Vec<String> = results
             .iter()
-            .filter(|r| !r.late && r.suggested == action.as_str())
+            .filter(|r| r.counted_as.as_deref() == Some(action.as_str()))
             .map(|r| format!("{} {:.2}", r.module, r.weighted_score))
             .collect();
         if terms.is_empty() {
@@ -305,7 +364,7 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
         } else {
             let total: f64 = results
                 .iter()
-                .filter(|r| !r.late && r.suggested == action.as_str())
+                .filter(|r| r.counted_as.as_deref() == Some(action.as_str()))
                 .map(|r| r.weighted_score)
                 .sum();
             format!("{} = {total:.2}", terms.join(" + "))
@@ -331,7 +390,7 @@ fn explain(row: &MessageRow, results: &[ModuleResult]) -> Verdict {
     }
     if results
         .iter()
-        .any(|r| !r.late && r.suggested == Action::Error.as_str())
+        .any(|r| r.counted_as.as_deref() == Some(Action::Error.as_str()))
     {
         explanation.push(
             "A module answered with an error: unless excused by its group or on-error = ignore, \
@@ -535,11 +594,48 @@ mod tests {
         );
     }
 
+    /// What counted, not what the module suggested: rspamd suggests reject with every score,
+    /// so on a permitted message its result is a muted badge and its "blocked" text is not
+    /// shown; a zero score counts as permit; a late result did not count.
+    #[test]
+    fn badges_show_what_counted() {
+        const BLOCKED: &str = "… this message has been blocked.";
+        // rspamd's reject 3.0 on a permitted message
+        assert_eq!(
+            counted("reject", 3.0, false, BLOCKED, "permit", ""),
+            (Some("reject".to_owned()), false, "muted")
+        );
+        // a zero score counts as permit
+        assert_eq!(
+            counted("reject", 0.0, false, BLOCKED, "permit", ""),
+            (Some("permit".to_owned()), false, "permit")
+        );
+        // the result that rejected the message, with the text Postfix got
+        assert_eq!(
+            counted("reject", 12.0, false, BLOCKED, "reject", BLOCKED),
+            (Some("reject".to_owned()), true, "reject")
+        );
+        // a late result did not count, whatever it says
+        assert_eq!(
+            counted("reject", 12.0, true, BLOCKED, "reject", BLOCKED),
+            (None, false, "muted")
+        );
+        // the quotas tempfail with its reason
+        let over = "Exceeding quota, max of 150 messages per 86400 seconds for sender 'a@b'";
+        assert_eq!(
+            counted("tempfail", 100.0, false, over, "tempfail", over),
+            (Some("tempfail".to_owned()), true, "tempfail")
+        );
+    }
+
     #[test]
     fn the_srs_module_s_envelope_changes_are_shown() {
         let result = |module: &str, determinants: serde_json::Value| ModuleResult {
             module: module.to_owned(),
             suggested: "permit".to_owned(),
+            counted_as: Some("permit".to_owned()),
+            gave_reason: false,
+            badge: "muted",
             score: 0.0,
             weighted_score: 0.0,
             duration_ms: 0.1,

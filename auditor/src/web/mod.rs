@@ -10,14 +10,18 @@
 //!   forms; [`openapi`]: the JSON API's OpenAPI document.
 //!
 //! The **shared** modules:
-//! - [`error`]: [`WebError`], the one mapping of failures to HTTP statuses;
+//! - [`error`]: [`WebError`], the one way a request fails, and [`error::render`], which writes
+//!   every failure as JSON under `/api/` and as a page elsewhere (503 while the database is
+//!   away);
+//! - [`server`]: the HTTP server: connection cap, header read and stall timeouts, its own
+//!   runtime;
 //! - [`state`]: [`AppState`], what every handler shares;
 //! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in MariaDB
 //!   (`web_session`), the middleware that guards every route but the login; [`throttle`]:
 //!   failed logins per user name and client address (HTTP 429);
 //! - [`params`]: reading query parameters (free text, times, paging, networks, ids);
 //! - [`format`]: times, periods, addresses, bytes as shown; [`nav`]: the navigation bar;
-//! - [`svg`]: the charts.
+//! - [`svg`]: the charts; [`terminal`]: the password prompt of `auditor web add-user`.
 //!
 //! What the pages read is `crate::store::read`'s: typed rows from SQL built with bind
 //! parameters only; the pages validate the query string and render.
@@ -32,8 +36,10 @@ pub mod error;
 pub mod format;
 pub mod nav;
 pub mod params;
+pub mod server;
 pub mod state;
 pub mod svg;
+pub mod terminal;
 pub mod throttle;
 
 // the pages
@@ -45,11 +51,10 @@ pub mod quotas;
 pub mod search;
 pub mod stats;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -106,12 +111,35 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(login::login_page).post(login::login))
         .route("/style.css", get(style))
         .merge(guarded)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        .layer(middleware::from_fn(error::render))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
 
-/// Serves the UI until `shutdown` fires, and sweeps expired sessions meanwhile. The router is
-/// served with the peers' addresses (`ConnectInfo<SocketAddr>`), which the login needs.
+/// A request worked on longer than `web-request-timeout` is answered 503 (and its work
+/// dropped: a slow query cannot hold a connection for ever).
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!(crate::metrics::WEB_REQUEST_TIMEOUTS).increment(1);
+            tracing::warn!(
+                timeout = ?state.limits.request_timeout,
+                "web request answered 503: it took longer than web-request-timeout"
+            );
+            WebError::Timeout.into_response()
+        }
+    }
+}
+
+/// Serves the UI until `shutdown` fires, and sweeps expired sessions meanwhile, within
+/// `state.limits` ([`server::serve`]). The router is served with the peers' addresses
+/// (`ConnectInfo<SocketAddr>`), which the login needs. The database need not be up: requests
+/// that need it are answered 503 until it is.
 ///
 /// # Errors
 /// The listener fails.
@@ -123,7 +151,7 @@ pub async fn serve(
     if state.auth.has_no_users() {
         tracing::warn!(
             "the web interface has no users and refuses every login: make a password hash with \
-             `auditor web hash-password` and add it under [[auditor.web-users]] (name, password-hash)"
+             `auditor web add-user NAME` and paste what it prints into the configuration"
         );
     }
     tracing::info!(listen = ?listener.local_addr().ok(), "web interface listening");
@@ -132,14 +160,42 @@ pub async fn serve(
         auth::SESSION_SWEEP,
         shutdown.child_token(),
     ));
-    let served = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await;
+    let limits = state.limits;
+    let served = server::serve(listener, router(state), limits, shutdown).await;
     sweeping.abort();
     served
+}
+
+/// Binds `web-listen` and serves the UI on a runtime of its own ([`server::spawn`]) until
+/// `shutdown` fires, with a pool of its own made there (lazily: the database need not be up).
+/// Returns the address bound (port 0: a free one) and the thread; join it after `shutdown`.
+///
+/// # Errors
+/// `web-listen` cannot be bound, `database.url` is invalid, or the runtime cannot be made.
+pub fn spawn(
+    config: &platform::config::Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    std::thread::JoinHandle<std::io::Result<()>>,
+)> {
+    use anyhow::Context as _;
+    let listen = config.auditor.web_listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on web-listen {listen}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let config = config.clone();
+    // checked here, used there: a bad URL stops the auditor at start
+    crate::store::connect_lazy(&config.database.url, 1).context("invalid database.url")?;
+    let thread = server::spawn(move || async move {
+        let pool =
+            crate::store::connect_lazy(&config.database.url, config.database.max_connections)
+                .map_err(std::io::Error::other)?;
+        let listener = TcpListener::from_std(listener)?;
+        serve(listener, AppState::new(&config, pool), shutdown).await
+    })?;
+    Ok((bound, thread))
 }
 
 /// [`auth::sweep`] at start and every `interval` until `shutdown` fires.

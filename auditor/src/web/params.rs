@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::error::WebError;
 use crate::store::read::IpRange;
+use crate::store::values::{datetime_max, datetime_min};
 
 pub const DEFAULT_PER_PAGE: u32 = 50;
 pub const MAX_PER_PAGE: u32 = 500;
@@ -94,11 +95,19 @@ pub fn parse_time(name: &str, text: &str) -> Result<Option<DateTime<Utc>>, WebEr
     )))
 }
 
-/// `from`/`to` with the defaults: the 24 hours before `to`, `to` now.
+/// `from`/`to` with the defaults: the 24 hours before `to`, `to` now. Both are cut to what the
+/// archive's DATETIME columns hold (years 1000 to 9999), so a range reaching past either end
+/// finds what lies inside it.
 pub fn parse_range(from: &str, to: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), WebError> {
     let to = parse_time("to", to)?.unwrap_or_else(Utc::now);
-    let from = parse_time("from", from)?.unwrap_or(to - TimeDelta::hours(24));
-    Ok((from, to))
+    let from = match parse_time("from", from)? {
+        Some(from) => from,
+        None => to
+            .checked_sub_signed(TimeDelta::hours(24))
+            .unwrap_or_else(datetime_min),
+    };
+    let within = |time: DateTime<Utc>| time.clamp(datetime_min(), datetime_max());
+    Ok((within(from), within(to)))
 }
 
 /// `page` and `per_page`.
@@ -172,6 +181,20 @@ mod tests {
             Err(WebError::BadRequest(_))
         ));
         assert!(from_query::<Two>("").is_ok());
+    }
+
+    #[test]
+    fn ranges_are_cut_to_the_datetime_range() {
+        let (from, _) = parse_range("0001-01-01", "9999-12-31T23:59:59").unwrap();
+        assert_eq!(from, datetime_min());
+        let (from, to) = parse_range("", "1000-01-01T06:00").unwrap();
+        assert_eq!(
+            (from, to.to_rfc3339().as_str()),
+            (datetime_min(), "1000-01-01T06:00:00+00:00")
+        );
+        let (from, to) = parse_range("9999-01-01", "9999-12-31").unwrap();
+        assert_eq!(from.to_rfc3339(), "9999-01-01T00:00:00+00:00");
+        assert_eq!(to.to_rfc3339(), "9999-12-31T00:00:00+00:00");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use platform::database::Database;
 
 use super::auth::Auth;
+use super::server::Limits;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -15,6 +16,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// `[quotas] reservation-ttl`: older unsettled reservations no longer count.
     pub reservation_ttl: Duration,
+    /// The server's bounds (`web-max-connections`, the timeouts).
+    pub limits: Limits,
 }
 
 impl AppState {
@@ -24,6 +27,7 @@ impl AppState {
             pool: pool.into(),
             auth: Arc::new(Auth::from_config(&config.auditor)),
             reservation_ttl: config.quotas.reservation_ttl,
+            limits: Limits::from_config(&config.auditor),
         }
     }
 }

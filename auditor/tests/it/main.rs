@@ -17,3 +17,6 @@ mod prune;
 mod support;
 mod web;
 mod web_auth;
+mod web_dates;
+mod web_fixes;
+mod web_flood;

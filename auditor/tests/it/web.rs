@@ -437,7 +437,7 @@ async fn without_users_the_ui_starts_but_refuses_every_login() {
 }
 
 /// Three messages that differ in every searchable part.
-fn three_events() -> Vec<AuditEvent> {
+pub fn three_events() -> Vec<AuditEvent> {
     let mut a = support::event();
     a.message.sender = "alice@one.example".into();
     a.message.recipients = vec!["bob@two.example".into()];
@@ -491,7 +491,7 @@ fn three_events() -> Vec<AuditEvent> {
     vec![a, b, c]
 }
 
-fn queue_ids(json: &serde_json::Value) -> Vec<String> {
+pub fn queue_ids(json: &serde_json::Value) -> Vec<String> {
     let mut ids: Vec<String> = json["messages"]
         .as_array()
         .unwrap()

@@ -272,7 +272,7 @@ async fn readme_john_is_tempfailed_at_message_151_and_jane_is_not() {
     assert_eq!(last.score, 100.0);
     assert_eq!(
         last.message,
-        "REJECT Policy reject; Exceeding quota, max of 150 messages per 86400 seconds for sasl_username 'john@doe.com'"
+        "Exceeding quota, max of 150 messages per 86400 seconds for sasl_username 'john@doe.com'"
     );
     assert_eq!(
         last.determinants["summary"][0],

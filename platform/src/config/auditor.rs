@@ -37,6 +37,21 @@ pub struct AuditorConfig {
     pub archive_retention_safeguard: Duration,
     /// The web interface and JSON API (plain HTTP: keep it on loopback or behind a TLS proxy).
     pub web_listen: SocketAddr,
+    /// Connections the web listener serves at once; further clients wait in the kernel's
+    /// accept queue, so a flood cannot take the auditor's file descriptors.
+    pub web_max_connections: u32,
+    /// How long a client has to send a whole request head once the server waits for one: on a
+    /// new connection, and between requests on a kept-alive one (so also how long an idle
+    /// connection is kept).
+    #[serde(with = "humantime_serde")]
+    pub web_header_read_timeout: Duration,
+    /// A connection on which nothing moves either way for this long while the server waits
+    /// on it (a response the client does not read, a request body that stalls) is closed.
+    #[serde(with = "humantime_serde")]
+    pub web_idle_timeout: Duration,
+    /// Longest a request is worked on; then it is answered 503. Shorter than the idle timeout.
+    #[serde(with = "humantime_serde")]
+    pub web_request_timeout: Duration,
     /// Give the session cookie the `Secure` flag (set it when a TLS proxy serves the UI).
     pub web_cookie_secure: bool,
     /// How long a login lasts.
@@ -100,6 +115,10 @@ impl Default for AuditorConfig {
             // 1.01 weeks: 7 days, 1 h 40 min 48 s
             archive_retention_safeguard: Duration::from_secs(610_848),
             web_listen: SocketAddr::from(([127, 0, 0, 1], 1937)),
+            web_max_connections: 256,
+            web_header_read_timeout: Duration::from_secs(10),
+            web_idle_timeout: Duration::from_secs(60),
+            web_request_timeout: Duration::from_secs(30),
             web_cookie_secure: false,
             web_session_lifetime: Duration::from_secs(8 * 3600),
             web_login_max_failures: 5,
@@ -123,6 +142,30 @@ impl AuditorConfig {
             return Err(format!(
                 "[auditor] web-login-failure-window ({:?}) must be at least 1s",
                 self.web_login_failure_window
+            ));
+        }
+        if !(1..=65_536).contains(&self.web_max_connections) {
+            return Err(format!(
+                "[auditor] web-max-connections ({}) must be between 1 and 65536",
+                self.web_max_connections
+            ));
+        }
+        for (key, value) in [
+            ("web-header-read-timeout", self.web_header_read_timeout),
+            ("web-idle-timeout", self.web_idle_timeout),
+            ("web-request-timeout", self.web_request_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(format!(
+                    "[auditor] {key} ({value:?}) must be at least 100ms"
+                ));
+            }
+        }
+        if self.web_request_timeout >= self.web_idle_timeout {
+            return Err(format!(
+                "[auditor] web-request-timeout ({:?}) must be shorter than web-idle-timeout ({:?}): \
+                 a request being worked on would otherwise count as an idle connection",
+                self.web_request_timeout, self.web_idle_timeout
             ));
         }
         for user in &self.web_users {

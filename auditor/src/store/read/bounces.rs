@@ -7,6 +7,7 @@ use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 
 use super::{AddressFilter, like_escape};
+use crate::store::values::datetime;
 
 /// A validated bounce list query.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct ListRow {
     pub recipient: Option<String>,
     pub diag_code: Option<String>,
     pub orig_subject: String,
+    pub subject: String,
+    pub parse_reason: Option<String>,
 }
 
 /// The page `query` asks for, plus one row more when another page follows.
@@ -52,7 +55,8 @@ impl BounceQuery {
         let mut q = QueryBuilder::new(
             "SELECT b.id, b.date, b.message, CAST(b.link AS CHAR) AS link, \
              CAST(b.kind AS CHAR) AS kind, CAST(b.parse_status AS CHAR) AS parse_status, \
-             r.status, CAST(r.action AS CHAR) AS action, r.recipient, r.diag_code, b.orig_subject \
+             r.status, CAST(r.action AS CHAR) AS action, r.recipient, r.diag_code, b.orig_subject, \
+             b.subject, b.parse_reason \
              FROM bounce b ",
         );
         let reports_filtered = self.recipient.is_some() || self.status.is_some();
@@ -63,15 +67,15 @@ impl BounceQuery {
             "LEFT JOIN bounce_report r ON r.bounce = b.id "
         });
         q.push("WHERE b.date >= ");
-        q.push_bind(self.from);
+        q.push_bind(datetime(self.from));
         q.push(" AND b.date < ");
-        q.push_bind(self.to);
+        q.push_bind(datetime(self.to));
         if reports_filtered {
             // the copy of the date in bounce_report lets its (recipient|status, date) keys work
             q.push(" AND r.date >= ");
-            q.push_bind(self.from);
+            q.push_bind(datetime(self.from));
             q.push(" AND r.date < ");
-            q.push_bind(self.to);
+            q.push_bind(datetime(self.to));
         }
         match &self.recipient {
             Some(AddressFilter::Address { local, domain }) => {

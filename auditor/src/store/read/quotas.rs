@@ -6,6 +6,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use platform::database::Database;
 use platform::quotas::Selector;
 
+use crate::store::values::datetime;
+
 /// A `quota` row with its profile and class.
 #[derive(Debug, sqlx::FromRow)]
 pub struct QuotaRow {
@@ -183,7 +185,7 @@ pub async fn tally(
          WHERE quota = ? AND date >= ? AND status <> 'released' ORDER BY date LIMIT ?",
     )
     .bind(quota)
-    .bind(since)
+    .bind(datetime(since))
     .bind(limit)
     .fetch_all(pool)
     .await

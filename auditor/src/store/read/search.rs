@@ -11,6 +11,7 @@ use uuid::Uuid;
 use wire::{Action, ModuleName};
 
 use super::{AddressFilter, IpRange, like_escape};
+use crate::store::values::datetime;
 
 /// The column a result list is sorted by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,9 +147,9 @@ impl MessageQuery {
             }
         }
         q.push(" AND mr.date >= ");
-        q.push_bind(self.from);
+        q.push_bind(datetime(self.from));
         q.push(" AND mr.date < ");
-        q.push_bind(self.to);
+        q.push_bind(datetime(self.to));
         let dir = if self.ascending { " ASC" } else { " DESC" };
         q.push(" GROUP BY mr.message ORDER BY date");
         q.push(dir);
@@ -200,9 +201,9 @@ impl MessageQuery {
             q.push(" JOIN instance i ON i.id = s.cluegetter_instance");
         }
         q.push(" WHERE m.date >= ");
-        q.push_bind(self.from);
+        q.push_bind(datetime(self.from));
         q.push(" AND m.date < ");
-        q.push_bind(self.to);
+        q.push_bind(datetime(self.to));
         match &self.sender {
             Some(AddressFilter::Address { local, domain }) => {
                 q.push(" AND m.sender_domain = ");
@@ -226,9 +227,9 @@ impl MessageQuery {
                 q.push(" AND r.local = ");
                 q.push_bind(local.clone());
                 q.push(" AND mr.date >= ");
-                q.push_bind(self.from);
+                q.push_bind(datetime(self.from));
                 q.push(" AND mr.date < ");
-                q.push_bind(self.to);
+                q.push_bind(datetime(self.to));
                 q.push(")");
             }
             Some(AddressFilter::Domain(domain)) => {
@@ -237,9 +238,9 @@ impl MessageQuery {
                 );
                 q.push_bind(domain.clone());
                 q.push(" AND mr.date >= ");
-                q.push_bind(self.from);
+                q.push_bind(datetime(self.from));
                 q.push(" AND mr.date < ");
-                q.push_bind(self.to);
+                q.push_bind(datetime(self.to));
                 q.push(")");
             }
             None => {}

@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use platform::database::Database;
 
+use crate::store::values::datetime;
+
 /// Messages of one verdict in one period.
 #[derive(Debug, sqlx::FromRow)]
 pub struct VerdictCount {
@@ -57,8 +59,8 @@ pub async fn per_verdict(
          FROM message WHERE date >= ? AND date < ? GROUP BY bucket, verdict ORDER BY bucket",
     )
     .bind(format)
-    .bind(from)
-    .bind(to)
+    .bind(datetime(from))
+    .bind(datetime(to))
     .fetch_all(pool)
     .await
 }
@@ -79,8 +81,8 @@ pub async fn top_rejected_senders(
          GROUP BY sender_domain, sender_local \
          ORDER BY n DESC, sender_domain, sender_local LIMIT ?",
     )
-    .bind(from)
-    .bind(to)
+    .bind(datetime(from))
+    .bind(datetime(to))
     .bind(top)
     .fetch_all(pool)
     .await
@@ -119,8 +121,8 @@ pub async fn top_rejected(
         }
     };
     sqlx::query_as(sql)
-        .bind(from)
-        .bind(to)
+        .bind(datetime(from))
+        .bind(datetime(to))
         .bind(top)
         .fetch_all(pool)
         .await
@@ -141,8 +143,8 @@ pub async fn module_latency(
          FROM message m JOIN message_result r ON r.message = m.id \
          WHERE m.date >= ? AND m.date < ? GROUP BY r.module ORDER BY r.module",
     )
-    .bind(from)
-    .bind(to)
+    .bind(datetime(from))
+    .bind(datetime(to))
     .fetch_all(pool)
     .await
 }

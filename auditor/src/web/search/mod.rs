@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use self::params::SearchParams;
 use super::auth::Identity;
 use super::error::WebError;
-use super::format::{address, fmt_date};
+use super::format::{address, decode_subject, fmt_date};
 use super::nav::Nav;
 use super::params::Params;
 use super::state::AppState;
@@ -75,7 +75,7 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
             queue_id: row.queue_id,
             mta_hostname: row.mta_hostname,
             sender: address(&row.sender_local, &row.sender_domain),
-            subject: row.subject,
+            subject: decode_subject(&row.subject),
             verdict: row.verdict,
             applied: row.applied,
             rcpt_count: row.rcpt_count,

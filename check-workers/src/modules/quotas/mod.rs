@@ -12,9 +12,10 @@
 //!    (`instigator` = the regex row), and later messages find that concrete row. Then, in one
 //!    transaction: lock the rows, count every period's exact sliding window, and if no period
 //!    would go over its curb reserve the units (DESIGN.md, durability invariant 3).
-//! 3. [`to_result`]: over a curb → tempfail, score 100, ClueGetter's text; otherwise permit,
-//!    score 1. The determinants list every matched row and period ("n of curb in the last p
-//!    seconds").
+//! 3. [`to_result`]: over a curb → tempfail, score 100, ClueGetter's words ("Exceeding quota,
+//!    max of …", which log parsers look for); within every curb → permit, score 1; no quota row
+//!    matched → permit, score 0 (nothing was counted). The determinants list every matched row
+//!    and period ("n of curb in the last p seconds").
 //!
 //! The reservation is settled by the message's audit event ([`crate::settle`] consumes them;
 //! [`Settler`] here does the database side).
@@ -55,6 +56,8 @@ pub const NAME: &str = "quotas";
 pub const EXCEEDED_SCORE: f64 = 100.0;
 /// The score of a message within its quotas.
 pub const PERMIT_SCORE: f64 = 1.0;
+/// The score of a message no quota row matched: nothing was counted.
+pub const UNMATCHED_SCORE: f64 = 0.0;
 
 /// One factor value of a message and the units it costs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,17 +155,18 @@ fn domain_of(address: &str) -> Option<&str> {
         .filter(|domain| !domain.is_empty())
 }
 
-/// ClueGetter's reason text for a message over a quota.
+/// The reason text for a message over a quota: ClueGetter's words, which log parsers look for,
+/// without its "REJECT Policy reject;" prefix, which contradicted the 451 it went out with.
 pub fn exceeded_message(usage: &QuotaUsage, period: &PeriodUsage) -> String {
     format!(
-        "REJECT Policy reject; Exceeding quota, max of {} messages per {} seconds for {} '{}'",
+        "Exceeding quota, max of {} messages per {} seconds for {} '{}'",
         period.curb, period.period, usage.selector, usage.value
     )
 }
 
 /// The check result of an outcome: tempfail with score 100 and the text of the first period
 /// that would go over its curb (factors in [`factors`] order, periods shortest first), or
-/// permit with score 1.
+/// permit with score 1, or score 0 when no quota row matched.
 pub fn to_result(request: &CheckRequest, outcome: &CheckOutcome) -> CheckResult {
     let exceeded = outcome.quotas.iter().find_map(|usage| {
         usage
@@ -224,6 +228,9 @@ pub fn to_result(request: &CheckRequest, outcome: &CheckOutcome) -> CheckResult 
             ));
         }
     }
+    if outcome.quotas.is_empty() {
+        summary.push("no quota row matched: nothing counted".to_owned());
+    }
     let determinants = json!({
         "quotas": entries,
         "summary": summary,
@@ -235,6 +242,7 @@ pub fn to_result(request: &CheckRequest, outcome: &CheckOutcome) -> CheckResult 
             EXCEEDED_SCORE,
             exceeded_message(usage, period),
         ),
+        None if outcome.quotas.is_empty() => (Action::Permit, UNMATCHED_SCORE, String::new()),
         None => (Action::Permit, PERMIT_SCORE, String::new()),
     };
     CheckResult::new(
@@ -529,7 +537,7 @@ mod tests {
         assert_eq!(result.score, 100.0);
         assert_eq!(
             result.message,
-            "REJECT Policy reject; Exceeding quota, max of 150 messages per 86400 seconds for sasl_username 'john@doe.com'"
+            "Exceeding quota, max of 150 messages per 86400 seconds for sasl_username 'john@doe.com'"
         );
         assert_eq!(
             result.determinants["summary"][0],
@@ -558,6 +566,21 @@ mod tests {
         assert_eq!(
             result.determinants["summary"][0],
             "4 of 500 in the last 300 seconds for sasl_username 'john@doe.com' (quota 1, profile small-sasl)"
+        );
+    }
+
+    #[test]
+    fn no_matching_row_is_permit_0() {
+        let outcome = CheckOutcome {
+            quotas: Vec::new(),
+            reserved: false,
+        };
+        let result = to_result(&request("", &["x@y.test"], ""), &outcome);
+        assert_eq!(result.action, Action::Permit);
+        assert_eq!(result.score, 0.0);
+        assert_eq!(
+            result.determinants["summary"][0],
+            "no quota row matched: nothing counted"
         );
     }
 
