@@ -76,8 +76,8 @@ async fn a_bad_value_is_rejected_with_the_highest_factor_score() {
     assert_eq!(result.score, 8.0);
     assert_eq!(
         result.message,
-        "Poor reputation: 12 of the last 12 judged messages from client address 198.51.100.50 \
-         were refused (within 7d)"
+        "Poor reputation: 12 of 12 judged messages from client address 198.51.100.50 in the \
+         last 7d were refused"
     );
     let d = &result.determinants;
     assert_eq!(d["worst"]["factor"], "client_address");

@@ -1,5 +1,6 @@
 //! Reputation through a real Postfix, with client addresses presented by XCLIENT
-//! (`swaks --xclient-addr`) and rspamd as the scanner: 12 GTUBE messages from one address are
+//! (`swaks --xclient-addr`) and rspamd as the scanner (its multiplier lowered so that the
+//! test clients' clean mail stays below the reject threshold): 12 GTUBE messages from one address are
 //! rejected by rspamd and counted by the auditor; then a clean message from the same address is
 //! rejected by reputation (the reply says why), one from its /24 too (with the default factors),
 //! and one from an unrelated network is delivered with reputation's score 0. Without
@@ -102,6 +103,10 @@ async fn spam_from(pipeline: &Pipeline, client: &str, noop: bool) {
 
 fn reputation(c: &mut platform::config::Config) {
     c.reputation.enabled = true;
+    // rspamd scores these test clients' clean mail about 7.9 (no reverse DNS, HELO and sender
+    // domains that do not resolve): at 0.4 that is 3.2 reject points, below the threshold,
+    // and GTUBE's 15 still rejects with 6
+    c.rspamd.multiplier = 0.4;
     // the sender domain's SPF against a port nobody answers: fails at once, the domain does
     // not count (there is no DNS for these test domains anyway)
     c.reputation.dns_resolver = Some("127.0.0.1:9".parse().unwrap());
@@ -129,8 +134,8 @@ async fn a_client_the_scanner_refused_is_refused_by_reputation() {
     assert!(!ok, "{transcript}");
     assert_eq!(
         reply.split(" (").next().unwrap_or_default(),
-        "550 5.7.1 Poor reputation: 12 of the last 12 judged messages from client address \
-         198.51.100.50 were refused (within 7d)",
+        "550 5.7.1 Poor reputation: 12 of 12 judged messages from client address \
+         198.51.100.50 in the last 7d were refused",
         "{transcript}"
     );
     let (verdict, score, d) = reputation_result(&pipeline, "clean .50").await;

@@ -89,7 +89,7 @@ pub fn decide(judged: &[Judged]) -> (Action, f64, Option<&Judged>) {
 pub fn reason(worst: &Judged, window: Duration) -> String {
     let c = &worst.counts;
     format!(
-        "Poor reputation: {} of the last {} judged messages from {} {} were refused (within {})",
+        "Poor reputation: {} of {} judged messages from {} {} in the last {} were refused",
         c.rejected + c.tempfailed,
         c.judged(),
         worst.factor.as_str().replace('_', " "),
@@ -176,8 +176,8 @@ mod tests {
         assert_eq!(worst.unwrap().factor, Factor::ClientNetwork);
         assert_eq!(
             reason(worst.unwrap(), Duration::from_secs(7 * 86400)),
-            "Poor reputation: 12 of the last 12 judged messages from client network v were \
-             refused (within 7d)"
+            "Poor reputation: 12 of 12 judged messages from client network v in the last 7d \
+             were refused"
         );
         let fine = [judged(Factor::ClientAddress, counts(1, 0, 30))];
         assert_eq!(decide(&fine), (Action::Permit, 0.0, None));
