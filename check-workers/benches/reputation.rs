@@ -212,6 +212,14 @@ fn report(what: &str, latencies: &[Duration], elapsed: Duration) {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and gets no
+    // benchmark (the fill takes minutes).
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!(
+            "reputation: a benchmark; run it with `cargo bench -p check-workers --bench reputation`"
+        );
+        return;
+    }
     let messages: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
