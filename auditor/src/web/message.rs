@@ -687,6 +687,9 @@ mod tests {
         let result = ModuleResult {
             module: "reputation".to_owned(),
             suggested: "reject".to_owned(),
+            counted_as: Some("reject".to_owned()),
+            gave_reason: true,
+            badge: "reject",
             score: 8.0,
             weighted_score: 8.0,
             duration_ms: 1.0,
