@@ -276,7 +276,7 @@ async fn readme_john_is_tempfailed_at_message_151_and_jane_is_not() {
     );
     assert_eq!(
         last.determinants["summary"][0],
-        "151 of 150 in the last 86400 seconds for sasl_username 'john@doe.com' (quota 1, profile small-sasl): exceeded"
+        "151 of 150 in the last day for sasl_username 'john@doe.com' (quota 1, profile small-sasl): exceeded"
     );
     assert_eq!(last.determinants["quotas"][0]["quota_id"], 1);
     assert_eq!(last.determinants["reserved"], false);
@@ -749,13 +749,10 @@ async fn quota_import_and_show_through_the_binary() {
     );
     assert!(shown.contains("quota 2 (profile 2 large-sasl):"), "{shown}");
     assert!(
-        shown.contains("  2 of 500 in the last 300 seconds (kept 0, reserved 2; 0 in expired reservations not counted)"),
+        shown.contains("  2 of 500 in the last 5 minutes (kept 0, reserved 2; 0 in expired reservations not counted)"),
         "{shown}"
     );
-    assert!(
-        shown.contains("  2 of 10000 in the last 86400 seconds"),
-        "{shown}"
-    );
+    assert!(shown.contains("  2 of 10000 in the last day"), "{shown}");
     let json = run_command(
         &envs,
         &["quota", "show", "--json", "sasl_username", "jane@doe.com"],
