@@ -331,7 +331,7 @@ async fn unauthenticated_requests_get_a_redirect_or_401_everywhere() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
     // the public ones carry the security headers
-    for path in ["/login", "/style.css"] {
+    for path in ["/login", "/style.css", "/favicon.svg", "/favicon.ico"] {
         let response = env.client.get(env.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let csp = response.headers()["content-security-policy"]
