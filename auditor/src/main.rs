@@ -108,15 +108,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
         }
         if !matches!(command, Command::Run) {
-            migrate_with_retry(&config, &shutdown).await?;
+            migrate_with_retry(&config, &shutdown, Schema::Migrate).await?;
             return Ok(());
         }
         // The web interface first, on its own listener and its own runtime (threads), so it
         // answers (503 for what needs the database) while the database is still away, and
         // neither it nor the consumer can starve the other. Same shutdown.
         let (_, web) = auditor::web::spawn(&config, shutdown.clone())?;
+        // With a list of database nodes only `auditor migrate` changes the schema (see
+        // `auditor::migrate::check`); with one server the auditor brings it up to date itself.
+        let schema = if config.database.url.len() > 1 {
+            Schema::Check
+        } else {
+            Schema::Migrate
+        };
         let consumed = async {
-            if !migrate_with_retry(&config, &shutdown).await? {
+            if !migrate_with_retry(&config, &shutdown, schema).await? {
                 return Ok(());
             }
             auditor::run(config, shutdown.clone()).await
@@ -187,22 +194,39 @@ fn read_password(confirm: bool) -> anyhow::Result<String> {
     Ok(password)
 }
 
-/// Applies the migrations, retrying with backoff while the database is unreachable. Returns
-/// false when shutdown came first.
-async fn migrate_with_retry(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+/// What the auditor does to the schema before it consumes.
+#[derive(Clone, Copy, Debug)]
+enum Schema {
+    /// Brings it up to date (`auditor migrate`; `run` with one database server).
+    Migrate,
+    /// Only waits until it is up to date (`run` with a list of nodes).
+    Check,
+}
+
+/// Applies the migrations (or checks the schema), retrying with backoff while the database is
+/// unreachable or, when checking, behind. Returns false when shutdown came first.
+async fn migrate_with_retry(
+    config: &Config,
+    shutdown: &CancellationToken,
+    schema: Schema,
+) -> anyhow::Result<bool> {
     let mut backoff = Backoff::starting_at(
         Duration::from_millis(500),
         config.broker.reconnect_max_backoff,
     );
     loop {
-        match auditor::migrate(config.database.url.clone()).await {
+        let outcome = match schema {
+            Schema::Migrate => auditor::migrate(config.database.url.clone()).await,
+            Schema::Check => auditor::migrate::check(config.database.url.clone()).await,
+        };
+        match outcome {
             Ok(()) => return Ok(true),
             Err(error) if error.is_transient() => {
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::new(error)),
                     retry_in = ?delay,
-                    "cannot migrate the database yet; retrying"
+                    "the database schema is not ready yet; retrying"
                 );
                 if !backoff.sleep_for(delay, shutdown).await {
                     return Ok(false);

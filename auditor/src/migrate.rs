@@ -40,6 +40,13 @@ pub enum MigrateError {
     InvalidUrl(#[source] sqlx::Error),
     #[error("cannot apply the schema migrations")]
     Apply(#[source] sqlx::migrate::MigrateError),
+    /// The schema is older than this build's (or missing), and this auditor may not change it
+    /// (`[database] url` is a list: only `auditor migrate` does then).
+    #[error(
+        "the database schema is at version {applied}, this auditor needs {known}: run `auditor \
+         migrate` (with a list of database nodes an auditor never changes the schema itself)"
+    )]
+    Behind { applied: i64, known: i64 },
 }
 
 impl MigrateError {
@@ -47,7 +54,8 @@ impl MigrateError {
     /// configuration problem that needs a person.
     pub fn is_transient(&self) -> bool {
         match self {
-            MigrateError::Unreachable { .. } => true,
+            // someone runs `auditor migrate`, and this auditor goes on
+            MigrateError::Unreachable { .. } | MigrateError::Behind { .. } => true,
             MigrateError::Apply(sqlx::migrate::MigrateError::Execute(error)) => {
                 is_connection_error(error)
             }
@@ -88,6 +96,66 @@ pub async fn migrate(urls: impl Into<Urls>) -> Result<(), MigrateError> {
     Err(MigrateError::InvalidUrl(sqlx::Error::Configuration(
         "no database URL".into(),
     )))
+}
+
+/// Whether the schema of the first reachable node is this build's, changing nothing: what an
+/// auditor does at start when `[database] url` is a list. sqlx's migration lock (`GET_LOCK`) is
+/// not replicated by Galera and MariaDB's DDL is not transactional, so two auditors starting on
+/// two nodes must not both migrate: only `auditor migrate` changes a cluster's schema.
+///
+/// # Errors
+/// No node is reachable, the schema is behind ([`MigrateError::Behind`]; both transient: try
+/// again) or newer than this build.
+pub async fn check(urls: impl Into<Urls>) -> Result<(), MigrateError> {
+    let urls = urls.into();
+    let mut last = None;
+    for url in urls.as_slice() {
+        match check_one(url).await {
+            Err(error @ MigrateError::Unreachable { .. }) => {
+                tracing::warn!(%error, "cannot reach this database node; trying the next");
+                last = Some(error);
+            }
+            done => return done,
+        }
+    }
+    Err(
+        last.unwrap_or(MigrateError::InvalidUrl(sqlx::Error::Configuration(
+            "no database URL".into(),
+        ))),
+    )
+}
+
+async fn check_one(database_url: &str) -> Result<(), MigrateError> {
+    let shown = platform::broker::redact(database_url);
+    let options: MySqlConnectOptions = database_url.parse().map_err(MigrateError::InvalidUrl)?;
+    let known = latest_known();
+    if !MySql::database_exists(database_url)
+        .await
+        .map_err(|source| MigrateError::Unreachable {
+            url: shown.clone(),
+            source,
+        })?
+    {
+        return Err(MigrateError::Behind { applied: 0, known });
+    }
+    let mut conn = options
+        .connect()
+        .await
+        .map_err(|source| MigrateError::Unreachable {
+            url: shown.clone(),
+            source,
+        })?;
+    refuse_unknown_migrations(&mut conn).await?;
+    let applied = applied_versions(&mut conn).await?;
+    let _ = conn.close().await;
+    if MIGRATOR.iter().any(|m| !applied.contains(&m.version)) {
+        return Err(MigrateError::Behind {
+            applied: applied.last().copied().unwrap_or(0),
+            known,
+        });
+    }
+    tracing::info!(version = known, "database schema is up to date");
+    Ok(())
 }
 
 async fn migrate_one(database_url: &str) -> Result<(), MigrateError> {

@@ -139,6 +139,42 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(error.is_transient());
 }
 
+/// With a list of database nodes an auditor only checks the schema (sqlx's migration lock is
+/// not replicated by Galera): a missing or older schema is `Behind` (transient: it waits for
+/// `auditor migrate`) and nothing is created; the first node that answers is the one asked.
+#[tokio::test]
+async fn a_list_of_nodes_is_checked_and_never_migrated_by_the_check() {
+    let db = TestDb::empty().await.unwrap();
+    let dead = "mysql://root@127.0.0.1:1/cluegetter".to_owned();
+    let urls = platform::config::Urls::new(dead.clone(), [db.url.clone()]);
+    let error = auditor::migrate::check(urls.clone()).await.unwrap_err();
+    assert!(
+        matches!(error, MigrateError::Behind { applied: 0, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_transient());
+    assert!(
+        error.to_string().contains("run `auditor migrate`"),
+        "{error}"
+    );
+    assert_eq!(
+        tables(&db.pool).await,
+        Vec::<String>::new(),
+        "nothing created"
+    );
+
+    auditor::migrate(urls.clone()).await.unwrap();
+    auditor::migrate::check(urls).await.unwrap();
+    // every node down: unreachable, transient
+    let error = auditor::migrate::check(platform::config::Urls::new(dead, []))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, MigrateError::Unreachable { .. }),
+        "{error:?}"
+    );
+}
+
 /// Galera replicates row changes by primary key: a table without one replicates badly (full
 /// scans on every node) or not at all. Every table the schema creates has one, sqlx's own
 /// bookkeeping table included.

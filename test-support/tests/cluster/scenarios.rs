@@ -609,7 +609,8 @@ pub async fn galera_kill(lab: &mut Lab) -> Result<Accounting> {
     let database = format!("cg_galera_{}", std::process::id());
     let urls = lab.cluster.database_urls(&database);
     let setup = lab.setup_with(name, urls.clone()).await?;
-    // the auditor creates the database and its tables on node 1 (`migrate` at start)
+    // `auditor migrate` creates the database and its tables on node 1 (`Process::start` runs
+    // it first for a list of nodes; an auditor itself only checks the schema then)
     // the gateway first (see `killed_node_run`)
     let mut gateway = Process::start(Kind::Gateway, &setup).await?;
     let mut auditor = Process::start(Kind::Auditor, &setup).await?;

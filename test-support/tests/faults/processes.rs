@@ -216,6 +216,28 @@ impl Process {
             }
             Kind::Auditor => {
                 let binary = binary("auditor", &["auditor/src", "schema"])?;
+                if setup.database_urls.len() > 1 {
+                    // with a list of nodes an auditor never changes the schema: `auditor
+                    // migrate` first, as the operator does
+                    let mut migrate = setup.spawn(&binary, &["migrate"], "migrate.log")?;
+                    let end = std::time::Instant::now() + Duration::from_secs(120);
+                    let status = loop {
+                        if let Some(status) = migrate.try_wait()? {
+                            break status;
+                        }
+                        if std::time::Instant::now() >= end {
+                            let _ = migrate.kill();
+                            bail!("auditor migrate did not finish within 120 s");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    };
+                    if !status.success() {
+                        bail!(
+                            "auditor migrate failed ({status}): see {}",
+                            setup.dir.join("migrate.log").display()
+                        );
+                    }
+                }
                 (
                     setup.spawn(&binary, &["run"], "auditor.log")?,
                     setup.auditor_metrics,
