@@ -154,6 +154,7 @@ fn main() {
         config.auditor.web_api_tokens.push(WebApiToken {
             name: "bench".into(),
             sha256: auditor::web::auth::token_sha256_hex(TOKEN),
+            ..Default::default()
         });
         let pool = auditor::store::connect_lazy(&(&db.url).into(), 8).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -20,3 +20,4 @@ mod web_auth;
 mod web_dates;
 mod web_fixes;
 mod web_flood;
+mod web_roles;

@@ -10,7 +10,7 @@ use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 use wire::{Action, ModuleName};
 
-use super::{AddressFilter, IpRange, like_escape};
+use super::{AddressFilter, IpRange, Scope, like_escape};
 use crate::store::values::datetime;
 
 /// The column a result list is sorted by.
@@ -81,26 +81,27 @@ pub struct MessageRow {
 /// The database failed.
 pub async fn messages(
     pool: &Database,
+    scope: &Scope,
     query: &MessageQuery,
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
     if query.matches_nothing {
         return Ok(Vec::new());
     }
-    query.sql().build_query_as().fetch_all(pool).await
+    query.sql(scope).build_query_as().fetch_all(pool).await
 }
 
 impl MessageQuery {
-    /// The SQL for one page, plus one row to tell whether another page follows.
-    pub fn sql(&self) -> QueryBuilder<MySql> {
+    /// The SQL for one page within `scope`, plus one row to tell whether another page follows.
+    pub fn sql(&self, scope: &Scope) -> QueryBuilder<MySql> {
         let mut q = QueryBuilder::new(
             "SELECT m.id, m.date, m.queue_id, m.mta_hostname, m.sender_local, m.sender_domain, \
              m.subject, m.verdict, m.applied, m.rcpt_count, m.body_size, m.rejectScore, \
              s.ip, s.sasl_username, i.name AS instance FROM (",
         );
-        if self.by_recipient_only() {
+        if self.by_recipient_only() && scope.domains.is_none() {
             self.push_recipient_ids(&mut q);
         } else {
-            self.push_ids(&mut q);
+            self.push_ids(&mut q, scope);
         }
         q.push(
             ") page JOIN message m ON m.id = page.id \
@@ -187,7 +188,7 @@ impl MessageQuery {
         order
     }
 
-    fn push_ids(&self, q: &mut QueryBuilder<MySql>) {
+    fn push_ids(&self, q: &mut QueryBuilder<MySql>, scope: &Scope) {
         q.push("SELECT m.id FROM message m");
         // the session (and instance) rows are read only when a filter needs them
         if self.ip.is_some()
@@ -295,6 +296,7 @@ impl MessageQuery {
             q.push(" AND i.name = ");
             q.push_bind(instance.clone());
         }
+        scope.push_message(q);
         q.push(self.order_by());
         self.push_limit(q);
     }

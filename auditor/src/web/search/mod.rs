@@ -6,6 +6,7 @@
 //! this file runs it and renders the rows. Each filter matches an index (0001, 0005), and the
 //! date range (default: the last 24 h) bounds every scan.
 
+pub mod csv;
 pub mod filter;
 pub mod params;
 
@@ -25,6 +26,7 @@ use super::format::{address, decode_subject, fmt_date};
 use super::nav::Nav;
 use super::params::Params;
 use super::state::AppState;
+use crate::store::read::Scope;
 use crate::store::read::search::{self as read, MessageQuery};
 
 /// One message in a result list.
@@ -59,12 +61,16 @@ pub struct SearchResult {
     pub to: String,
 }
 
-/// The page `query` asks for.
+/// The page `query` asks for, of the messages in `scope`.
 ///
 /// # Errors
 /// The database failed.
-pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult, WebError> {
-    let rows = read::messages(&state.pool, query).await?;
+pub async fn run(
+    state: &AppState,
+    scope: &Scope,
+    query: &MessageQuery,
+) -> Result<SearchResult, WebError> {
+    let rows = read::messages(&state.pool, scope, query).await?;
     let has_more = rows.len() > query.per_page as usize;
     let messages = rows
         .into_iter()
@@ -111,10 +117,11 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
 )]
 pub async fn api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Params(params): Params<SearchParams>,
 ) -> Result<Json<SearchResult>, WebError> {
     let query = filter::parse(&params)?;
-    Ok(Json(run(&state, &query).await?))
+    Ok(Json(run(&state, &identity.scope, &query).await?))
 }
 
 /// A column heading that sorts by it (again: the other way).
@@ -139,6 +146,8 @@ pub struct SearchTemplate {
     pub next_href: String,
     pub from_shown: String,
     pub to_shown: String,
+    /// This search as CSV (`/messages.csv?…`).
+    pub csv_href: String,
 }
 
 impl SearchTemplate {
@@ -156,6 +165,7 @@ impl SearchTemplate {
             next_href: String::new(),
             from_shown: String::new(),
             to_shown: String::new(),
+            csv_href: String::new(),
         }
     }
 }
@@ -221,7 +231,7 @@ pub async fn page(
         }
         Err(other) => return Err(other),
     };
-    let result = run(&state, &query).await?;
+    let result = run(&state, &identity.scope, &query).await?;
     let prev_href = if query.page > 1 {
         params.href(|p| p.page = (query.page - 1).to_string())
     } else {
@@ -232,7 +242,12 @@ pub async fn page(
     } else {
         String::new()
     };
+    let csv_href =
+        params
+            .href(|p| p.page = String::new())
+            .replacen("/messages?", "/messages.csv?", 1);
     let page = SearchTemplate {
+        csv_href,
         nav,
         sort_links: sort_links(&params),
         q: params,
