@@ -1093,6 +1093,8 @@ mod no_5xx {
     use super::*;
 
     const KEYS: &[&str] = &[
+        "q",
+        "last",
         "sender",
         "recipient",
         "ip",

@@ -237,6 +237,25 @@ async fn every_route_gives_each_role_what_it_may_see() {
             &["QB2", "QD4", "QE5"]
         };
         assert_eq!(sorted_queue_ids(&found), strings(expected), "{role:?}");
+        // the list's recipients: a domain-admin sees its domain's only, unless the message
+        // is its by the sender
+        let found = json(env, role, "/api/v1/messages?queue_id=QE5").await;
+        let listed = &found["messages"][0]["recipients"];
+        if role == Role::DomainAdmin {
+            assert_eq!(*listed, serde_json::json!(["ann@one.example"]));
+        } else {
+            assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+        }
+        let found = json(env, role, "/api/v1/messages?queue_id=QA1").await;
+        assert_eq!(
+            found["messages"][0]["recipients"].as_array().unwrap().len(),
+            2,
+            "{role:?}: all of a message that is its by the sender"
+        );
+        // the free text cannot widen the scope either
+        let found = json(env, role, "/api/v1/messages?q=four.example").await;
+        assert_eq!(sorted_queue_ids(&found), strings(expected), "{role:?}");
+        assert_eq!(found["count"], expected.len());
         let (status, html) = env.page(&session, "/messages").await;
         assert_eq!(status, StatusCode::OK);
         for queue_id in all {

@@ -25,13 +25,38 @@ pub enum Sort {
     QueueId,
 }
 
+/// A SASL login filter: the exact login, logins beginning with a prefix, or logins of a
+/// domain (`…@domain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaslFilter {
+    Exact(String),
+    Prefix(String),
+    Domain(String),
+}
+
+/// The free-text box: one text looked for as a sender, a recipient, a subject, a queue id, a
+/// Message-ID and a client address at once (any of them matches).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreeText {
+    pub text: String,
+    /// The text as an address or domain (for sender and recipient).
+    pub address: Option<AddressFilter>,
+    /// The text as a client address or network.
+    pub ip: Option<IpRange>,
+}
+
+/// Most messages a search counts (the page says "more than" beyond it).
+pub const COUNT_CAP: u64 = 10_000;
+
 /// A validated search; [`MessageQuery::sql`] turns it into SQL.
 #[derive(Clone, Debug)]
 pub struct MessageQuery {
     pub sender: Option<AddressFilter>,
     pub recipient: Option<AddressFilter>,
     pub ip: Option<IpRange>,
-    pub sasl: Option<String>,
+    pub sasl: Option<SaslFilter>,
+    /// The free-text box.
+    pub text: Option<FreeText>,
     /// ISO 3166-1 alpha-2, upper case (`session.country`).
     pub country: Option<String>,
     pub queue_id: Option<String>,
@@ -75,6 +100,80 @@ pub struct MessageRow {
     pub instance: String,
 }
 
+/// How many messages match `query` in `scope`, at most [`COUNT_CAP`] + 1.
+///
+/// # Errors
+/// The database failed.
+pub async fn count(
+    pool: &Database,
+    scope: &Scope,
+    query: &MessageQuery,
+) -> Result<u64, sqlx::Error> {
+    if query.matches_nothing {
+        return Ok(0);
+    }
+    let mut q = QueryBuilder::<MySql>::new("SELECT COUNT(*) FROM (");
+    query.push_ids(&mut q, scope, false);
+    q.push(" LIMIT ");
+    q.push_bind(COUNT_CAP + 1);
+    q.push(") counted");
+    let n: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// A recipient of a listed message.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ListedRecipient {
+    pub message: Uuid,
+    pub local: String,
+    pub domain: String,
+}
+
+/// Recipients shown per message in a result list at most.
+pub const RECIPIENTS_LISTED: i64 = 5;
+
+/// The first [`RECIPIENTS_LISTED`] recipients of each of `messages` (by domain and local
+/// part). Within a scope limited to domains, only recipients of those domains, except for the
+/// messages in `whole` (those the scope covers by their sender).
+///
+/// # Errors
+/// The database failed.
+pub async fn recipients_of(
+    pool: &Database,
+    scope: &Scope,
+    messages: &[Uuid],
+    whole: &[Uuid],
+) -> Result<Vec<ListedRecipient>, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT message, local, domain FROM (SELECT mr.message, r.local, r.domain, \
+         ROW_NUMBER() OVER (PARTITION BY mr.message ORDER BY r.domain, r.local) AS n \
+         FROM message_recipient mr JOIN recipient r ON r.id = mr.recipient \
+         WHERE mr.message IN (",
+    );
+    let mut list = q.separated(", ");
+    for id in messages {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    if scope.domains.is_some() {
+        q.push(" AND (TRUE");
+        scope.push_recipient(&mut q);
+        q.push(" OR mr.message IN (NULL");
+        for id in whole {
+            q.push(", ");
+            q.push_bind(*id);
+        }
+        q.push("))");
+    }
+    q.push(") listed WHERE n <= ");
+    q.push_bind(RECIPIENTS_LISTED);
+    q.push(" ORDER BY message, n");
+    q.build_query_as().fetch_all(pool).await
+}
+
 /// The page `query` asks for, plus one row more when another page follows.
 ///
 /// # Errors
@@ -101,7 +200,7 @@ impl MessageQuery {
         if self.by_recipient_only() && scope.domains.is_none() {
             self.push_recipient_ids(&mut q);
         } else {
-            self.push_ids(&mut q, scope);
+            self.push_ids(&mut q, scope, true);
         }
         q.push(
             ") page JOIN message m ON m.id = page.id \
@@ -116,6 +215,7 @@ impl MessageQuery {
     /// the page (`message_recipient.date` is a copy of `message.date`).
     fn by_recipient_only(&self) -> bool {
         self.recipient.is_some()
+            && self.text.is_none()
             && self.sort == Sort::Date
             && self.sender.is_none()
             && self.ip.is_none()
@@ -188,10 +288,12 @@ impl MessageQuery {
         order
     }
 
-    fn push_ids(&self, q: &mut QueryBuilder<MySql>, scope: &Scope) {
+    /// The ids of the matching messages; with `paged`, sorted and cut to the page.
+    fn push_ids(&self, q: &mut QueryBuilder<MySql>, scope: &Scope, paged: bool) {
         q.push("SELECT m.id FROM message m");
         // the session (and instance) rows are read only when a filter needs them
         if self.ip.is_some()
+            || self.text.as_ref().is_some_and(|t| t.ip.is_some())
             || self.sasl.is_some()
             || self.country.is_some()
             || self.instance.is_some()
@@ -255,9 +357,23 @@ impl MessageQuery {
             q.push(" AND ");
             q.push_bind(range.last.clone());
         }
-        if let Some(sasl) = &self.sasl {
-            q.push(" AND s.sasl_username = ");
-            q.push_bind(sasl.clone());
+        match &self.sasl {
+            Some(SaslFilter::Exact(login)) => {
+                q.push(" AND s.sasl_username = ");
+                q.push_bind(login.clone());
+            }
+            Some(SaslFilter::Prefix(prefix)) => {
+                q.push(" AND s.sasl_username LIKE ");
+                q.push_bind(format!("{}%", like_escape(prefix)));
+            }
+            Some(SaslFilter::Domain(domain)) => {
+                q.push(" AND s.sasl_username LIKE ");
+                q.push_bind(format!("%@{}", like_escape(domain)));
+            }
+            None => {}
+        }
+        if let Some(text) = &self.text {
+            self.push_text(q, text);
         }
         if let Some(country) = &self.country {
             q.push(" AND s.country = ");
@@ -297,7 +413,73 @@ impl MessageQuery {
             q.push_bind(instance.clone());
         }
         scope.push_message(q);
-        q.push(self.order_by());
-        self.push_limit(q);
+        if paged {
+            q.push(self.order_by());
+            self.push_limit(q);
+        }
+    }
+
+    /// ` AND (…)`: the free text as any of sender, recipient, subject, queue id, Message-ID
+    /// and client address.
+    fn push_text(&self, q: &mut QueryBuilder<MySql>, text: &FreeText) {
+        q.push(" AND (m.subject LIKE ");
+        q.push_bind(format!("%{}%", like_escape(&text.text)));
+        // the queue id and Message-ID columns are ASCII: MariaDB refuses to compare others
+        if text.text.is_ascii() {
+            let bare = text.text.trim_start_matches('<').trim_end_matches('>');
+            q.push(" OR m.queue_id = ");
+            q.push_bind(text.text.clone());
+            q.push(" OR m.messageId IN (");
+            q.push_bind(bare.to_owned());
+            q.push(", ");
+            q.push_bind(format!("<{bare}>"));
+            q.push(")");
+        }
+        match &text.address {
+            Some(AddressFilter::Address { local, domain }) => {
+                q.push(" OR (m.sender_domain = ");
+                q.push_bind(domain.clone());
+                q.push(" AND m.sender_local = ");
+                q.push_bind(local.clone());
+                q.push(
+                    ") OR m.id IN (SELECT mr.message FROM message_recipient mr \
+                     JOIN recipient r ON r.id = mr.recipient WHERE r.domain = ",
+                );
+                q.push_bind(domain.clone());
+                q.push(" AND r.local = ");
+                q.push_bind(local.clone());
+                self.push_recipient_dates(q);
+            }
+            Some(AddressFilter::Domain(domain)) => {
+                q.push(" OR m.sender_domain = ");
+                q.push_bind(domain.clone());
+                q.push(
+                    " OR m.id IN (SELECT mr.message FROM message_recipient mr WHERE mr.domain = ",
+                );
+                q.push_bind(domain.clone());
+                self.push_recipient_dates(q);
+            }
+            None => {}
+        }
+        if let Some(range) = &text.ip {
+            q.push(" OR (LENGTH(s.ip_bin) = ");
+            q.push_bind(range.first.len() as u32);
+            q.push(" AND s.ip_bin BETWEEN ");
+            q.push_bind(range.first.clone());
+            q.push(" AND ");
+            q.push_bind(range.last.clone());
+            q.push(")");
+        }
+        q.push(")");
+    }
+
+    /// ` AND mr.date >= ? AND mr.date < ?)`: the range on `message_recipient`'s copy of the
+    /// date, closing its subquery.
+    fn push_recipient_dates(&self, q: &mut QueryBuilder<MySql>) {
+        q.push(" AND mr.date >= ");
+        q.push_bind(datetime(self.from));
+        q.push(" AND mr.date < ");
+        q.push_bind(datetime(self.to));
+        q.push(")");
     }
 }
