@@ -232,7 +232,8 @@ async fn every_route_gives_each_role_what_it_may_see() {
         // a filter cannot widen the scope
         let found = json(env, role, "/api/v1/messages?recipient=four.example").await;
         let expected: &[&str] = if role == Role::DomainAdmin {
-            &["QE5"]
+            // QE5 went to four.example too, which is not the domain-admin's to search by
+            &[]
         } else {
             &["QB2", "QD4", "QE5"]
         };
@@ -252,6 +253,23 @@ async fn every_route_gives_each_role_what_it_may_see() {
             2,
             "{role:?}: all of a message that is its by the sender"
         );
+        // nor tell who else received a message it sees by a recipient
+        for query in ["recipient=other%40four.example", "q=other%40four.example"] {
+            let found = json(env, role, &format!("/api/v1/messages?{query}")).await;
+            let expected: &[&str] = if role == Role::DomainAdmin {
+                &[]
+            } else {
+                &["QE5"]
+            };
+            assert_eq!(
+                sorted_queue_ids(&found),
+                strings(expected),
+                "{role:?} {query}"
+            );
+        }
+        // but everyone of a message it has by the sender
+        let found = json(env, role, "/api/v1/messages?recipient=bob%40two.example").await;
+        assert_eq!(sorted_queue_ids(&found), strings(&["QA1"]), "{role:?}");
         // the free text cannot widen the scope either
         let found = json(env, role, "/api/v1/messages?q=four.example").await;
         assert_eq!(sorted_queue_ids(&found), strings(expected), "{role:?}");

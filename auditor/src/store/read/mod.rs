@@ -131,6 +131,23 @@ impl Scope {
         }
     }
 
+    /// ` AND (…)` inside a `message_recipient mr` subquery of a search by recipient: a scope
+    /// limited to domains searches by its domains' recipients, or by any recipient of a
+    /// message it has by the sender (`m` the outer `message` row), so a search cannot tell it
+    /// who else received a message it sees by a recipient.
+    pub fn push_searchable_recipient(&self, q: &mut QueryBuilder<MySql>) {
+        if let Some(domains) = &self.domains {
+            q.push(" AND (mr.domain");
+            Self::push_in(domains, q);
+            q.push(" OR (m.sender_domain");
+            Self::push_in(domains, q);
+            q.push(
+                " AND EXISTS (SELECT 1 FROM session scope_s WHERE scope_s.id = m.session \
+                 AND scope_s.sasl_username <> '')))",
+            );
+        }
+    }
+
     /// ` AND (…)` keeping only bounces in scope; `b` is the `bounce` row's alias.
     pub fn push_bounce(&self, q: &mut QueryBuilder<MySql>) {
         if let Some(domains) = &self.domains {
@@ -280,6 +297,7 @@ mod tests {
             Scope::push_bounce,
             Scope::push_quota,
             Scope::push_recipient,
+            Scope::push_searchable_recipient,
         ] {
             let mut q = QueryBuilder::<MySql>::new("SELECT 1 WHERE TRUE");
             push(&scope, &mut q);

@@ -333,6 +333,7 @@ impl MessageQuery {
                 q.push_bind(datetime(self.from));
                 q.push(" AND mr.date < ");
                 q.push_bind(datetime(self.to));
+                scope.push_searchable_recipient(q);
                 q.push(")");
             }
             Some(AddressFilter::Domain(domain)) => {
@@ -344,6 +345,7 @@ impl MessageQuery {
                 q.push_bind(datetime(self.from));
                 q.push(" AND mr.date < ");
                 q.push_bind(datetime(self.to));
+                scope.push_searchable_recipient(q);
                 q.push(")");
             }
             None => {}
@@ -373,7 +375,7 @@ impl MessageQuery {
             None => {}
         }
         if let Some(text) = &self.text {
-            self.push_text(q, text);
+            self.push_text(q, text, scope);
         }
         if let Some(country) = &self.country {
             q.push(" AND s.country = ");
@@ -421,7 +423,7 @@ impl MessageQuery {
 
     /// ` AND (…)`: the free text as any of sender, recipient, subject, queue id, Message-ID
     /// and client address.
-    fn push_text(&self, q: &mut QueryBuilder<MySql>, text: &FreeText) {
+    fn push_text(&self, q: &mut QueryBuilder<MySql>, text: &FreeText, scope: &Scope) {
         q.push(" AND (m.subject LIKE ");
         q.push_bind(format!("%{}%", like_escape(&text.text)));
         // the queue id and Message-ID columns are ASCII: MariaDB refuses to compare others
@@ -448,7 +450,7 @@ impl MessageQuery {
                 q.push_bind(domain.clone());
                 q.push(" AND r.local = ");
                 q.push_bind(local.clone());
-                self.push_recipient_dates(q);
+                self.push_recipient_dates(q, scope);
             }
             Some(AddressFilter::Domain(domain)) => {
                 q.push(" OR m.sender_domain = ");
@@ -457,7 +459,7 @@ impl MessageQuery {
                     " OR m.id IN (SELECT mr.message FROM message_recipient mr WHERE mr.domain = ",
                 );
                 q.push_bind(domain.clone());
-                self.push_recipient_dates(q);
+                self.push_recipient_dates(q, scope);
             }
             None => {}
         }
@@ -474,12 +476,13 @@ impl MessageQuery {
     }
 
     /// ` AND mr.date >= ? AND mr.date < ?)`: the range on `message_recipient`'s copy of the
-    /// date, closing its subquery.
-    fn push_recipient_dates(&self, q: &mut QueryBuilder<MySql>) {
+    /// date (and the recipients the scope may search by), closing its subquery.
+    fn push_recipient_dates(&self, q: &mut QueryBuilder<MySql>, scope: &Scope) {
         q.push(" AND mr.date >= ");
         q.push_bind(datetime(self.from));
         q.push(" AND mr.date < ");
         q.push_bind(datetime(self.to));
+        scope.push_searchable_recipient(q);
         q.push(")");
     }
 }
