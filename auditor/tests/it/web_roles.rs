@@ -276,6 +276,15 @@ async fn every_route_gives_each_role_what_it_may_see() {
         assert_eq!(found["count"], expected.len());
         let (status, html) = env.page(&session, "/messages").await;
         assert_eq!(status, StatusCode::OK);
+        let shown = match role {
+            Role::Admin => None,
+            Role::DomainAdmin => Some("(domain-admin: one.example)"),
+            Role::Auditor => Some("(auditor)"),
+        };
+        assert_eq!(html.contains("id=\"role\""), shown.is_some(), "{role:?}");
+        if let Some(shown) = shown {
+            assert!(html.contains(shown), "{role:?} named in the navigation bar");
+        }
         for queue_id in all {
             assert_eq!(
                 html.contains(queue_id),
