@@ -24,10 +24,11 @@ pub mod stats;
 
 use std::net::IpAddr;
 
+use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use sqlx::{MySql, QueryBuilder};
 
-use super::values::{ip_bin, network_bounds, split_address};
+use super::values::{datetime, ip_bin, network_bounds, split_address};
 
 /// What a reader may see (from the role of the user or token, `crate::web::auth`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,20 +132,56 @@ impl Scope {
         }
     }
 
+    /// ` JOIN (…) scope_ids ON scope_ids.id = m.id`: the ids of the messages in scope dated
+    /// in [`from`, `to`), read from the `(domain, date)` key of `message_recipient` and the
+    /// `(sender_domain, date)` key of `message`, so a search within a scope reads only the
+    /// scope's messages. Nothing when every message is in scope. The same rule as
+    /// [`Scope::push_message`].
+    pub fn push_message_ids(
+        &self,
+        q: &mut QueryBuilder<MySql>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) {
+        if let Some(domains) = &self.domains {
+            q.push(
+                " JOIN (SELECT scope_mr.message AS id FROM message_recipient scope_mr \
+                 WHERE scope_mr.domain",
+            );
+            Self::push_in(domains, q);
+            q.push(" AND scope_mr.date >= ");
+            q.push_bind(datetime(from));
+            q.push(" AND scope_mr.date < ");
+            q.push_bind(datetime(to));
+            q.push(
+                " UNION SELECT scope_m.id FROM message scope_m \
+                 JOIN session scope_s ON scope_s.id = scope_m.session \
+                 WHERE scope_m.sender_domain",
+            );
+            Self::push_in(domains, q);
+            q.push(" AND scope_m.date >= ");
+            q.push_bind(datetime(from));
+            q.push(" AND scope_m.date < ");
+            q.push_bind(datetime(to));
+            q.push(" AND scope_s.sasl_username <> '') scope_ids ON scope_ids.id = m.id");
+        }
+    }
+
     /// ` AND (…)` inside a `message_recipient mr` subquery of a search by recipient: a scope
     /// limited to domains searches by its domains' recipients, or by any recipient of a
-    /// message it has by the sender (`m` the outer `message` row), so a search cannot tell it
-    /// who else received a message it sees by a recipient.
+    /// message it has by the sender, so a search cannot tell it who else received a message
+    /// it sees by a recipient.
     pub fn push_searchable_recipient(&self, q: &mut QueryBuilder<MySql>) {
         if let Some(domains) = &self.domains {
             q.push(" AND (mr.domain");
             Self::push_in(domains, q);
-            q.push(" OR (m.sender_domain");
-            Self::push_in(domains, q);
             q.push(
-                " AND EXISTS (SELECT 1 FROM session scope_s WHERE scope_s.id = m.session \
-                 AND scope_s.sasl_username <> '')))",
+                " OR EXISTS (SELECT 1 FROM message scope_m \
+                 JOIN session scope_s ON scope_s.id = scope_m.session \
+                 WHERE scope_m.id = mr.message AND scope_m.sender_domain",
             );
+            Self::push_in(domains, q);
+            q.push(" AND scope_s.sasl_username <> ''))");
         }
     }
 
@@ -292,12 +329,16 @@ mod tests {
     fn a_scope_binds_its_domains_and_everything_adds_nothing() {
         let hostile = "x') OR 1=1 -- ";
         let scope = Scope::domains(["One.Example", hostile]);
+        let ids = |scope: &Scope, q: &mut QueryBuilder<MySql>| {
+            scope.push_message_ids(q, DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+        };
         for push in [
-            Scope::push_message as fn(&Scope, &mut QueryBuilder<MySql>),
-            Scope::push_bounce,
-            Scope::push_quota,
-            Scope::push_recipient,
-            Scope::push_searchable_recipient,
+            &ids as &dyn Fn(&Scope, &mut QueryBuilder<MySql>),
+            &Scope::push_message,
+            &Scope::push_bounce,
+            &Scope::push_quota,
+            &Scope::push_recipient,
+            &Scope::push_searchable_recipient,
         ] {
             let mut q = QueryBuilder::<MySql>::new("SELECT 1 WHERE TRUE");
             push(&scope, &mut q);

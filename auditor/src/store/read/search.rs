@@ -291,9 +291,13 @@ impl MessageQuery {
     /// The ids of the matching messages; with `paged`, sorted and cut to the page.
     fn push_ids(&self, q: &mut QueryBuilder<MySql>, scope: &Scope, paged: bool) {
         q.push("SELECT m.id FROM message m");
+        // the scope and the free text as id sets read by their own keys
+        scope.push_message_ids(q, self.from, self.to);
+        if let Some(text) = &self.text {
+            self.push_text(q, text, scope);
+        }
         // the session (and instance) rows are read only when a filter needs them
         if self.ip.is_some()
-            || self.text.as_ref().is_some_and(|t| t.ip.is_some())
             || self.sasl.is_some()
             || self.country.is_some()
             || self.instance.is_some()
@@ -374,9 +378,7 @@ impl MessageQuery {
             }
             None => {}
         }
-        if let Some(text) = &self.text {
-            self.push_text(q, text, scope);
-        }
+
         if let Some(country) = &self.country {
             q.push(" AND s.country = ");
             q.push_bind(country.clone());
@@ -414,75 +416,101 @@ impl MessageQuery {
             q.push(" AND i.name = ");
             q.push_bind(instance.clone());
         }
-        scope.push_message(q);
         if paged {
             q.push(self.order_by());
             self.push_limit(q);
         }
     }
 
-    /// ` AND (…)`: the free text as any of sender, recipient, subject, queue id, Message-ID
-    /// and client address.
+    /// ` JOIN (…) text_ids ON text_ids.id = m.id`: the free text as any of sender,
+    /// recipient, queue id, Message-ID and client address, and in the subject when it is none
+    /// of the first two kinds (an address or a client address is not looked for in subjects):
+    /// a union of id sets, each read by its own key and bounded by the date range.
     fn push_text(&self, q: &mut QueryBuilder<MySql>, text: &FreeText, scope: &Scope) {
-        q.push(" AND (m.subject LIKE ");
-        q.push_bind(format!("%{}%", like_escape(&text.text)));
+        q.push(" JOIN (");
+        let mut first = true;
+        let mut branch = |q: &mut QueryBuilder<MySql>, select: &'static str| {
+            if !first {
+                q.push(" UNION ");
+            }
+            first = false;
+            q.push(select);
+        };
         // the queue id and Message-ID columns are ASCII: MariaDB refuses to compare others
         if text.text.is_ascii() {
             let bare = text.text.trim_start_matches('<').trim_end_matches('>');
-            q.push(" OR m.queue_id = ");
+            branch(q, "SELECT t.id FROM message t WHERE t.queue_id = ");
             q.push_bind(text.text.clone());
-            q.push(" OR m.messageId IN (");
+            self.push_text_dates(q, "t");
+            branch(q, "SELECT t.id FROM message t WHERE t.messageId IN (");
             q.push_bind(bare.to_owned());
             q.push(", ");
             q.push_bind(format!("<{bare}>"));
             q.push(")");
+            self.push_text_dates(q, "t");
         }
         match &text.address {
             Some(AddressFilter::Address { local, domain }) => {
-                q.push(" OR (m.sender_domain = ");
+                branch(q, "SELECT t.id FROM message t WHERE t.sender_domain = ");
                 q.push_bind(domain.clone());
-                q.push(" AND m.sender_local = ");
+                q.push(" AND t.sender_local = ");
                 q.push_bind(local.clone());
-                q.push(
-                    ") OR m.id IN (SELECT mr.message FROM message_recipient mr \
+                self.push_text_dates(q, "t");
+                branch(
+                    q,
+                    "SELECT mr.message FROM message_recipient mr \
                      JOIN recipient r ON r.id = mr.recipient WHERE r.domain = ",
                 );
                 q.push_bind(domain.clone());
                 q.push(" AND r.local = ");
                 q.push_bind(local.clone());
-                self.push_recipient_dates(q, scope);
+                self.push_text_dates(q, "mr");
+                scope.push_searchable_recipient(q);
             }
             Some(AddressFilter::Domain(domain)) => {
-                q.push(" OR m.sender_domain = ");
+                branch(q, "SELECT t.id FROM message t WHERE t.sender_domain = ");
                 q.push_bind(domain.clone());
-                q.push(
-                    " OR m.id IN (SELECT mr.message FROM message_recipient mr WHERE mr.domain = ",
+                self.push_text_dates(q, "t");
+                branch(
+                    q,
+                    "SELECT mr.message FROM message_recipient mr WHERE mr.domain = ",
                 );
                 q.push_bind(domain.clone());
-                self.push_recipient_dates(q, scope);
+                self.push_text_dates(q, "mr");
+                scope.push_searchable_recipient(q);
             }
             None => {}
         }
         if let Some(range) = &text.ip {
-            q.push(" OR (LENGTH(s.ip_bin) = ");
+            branch(
+                q,
+                "SELECT t.id FROM message t JOIN session ts ON ts.id = t.session \
+                 WHERE LENGTH(ts.ip_bin) = ",
+            );
             q.push_bind(range.first.len() as u32);
-            q.push(" AND s.ip_bin BETWEEN ");
+            q.push(" AND ts.ip_bin BETWEEN ");
             q.push_bind(range.first.clone());
             q.push(" AND ");
             q.push_bind(range.last.clone());
-            q.push(")");
+            self.push_text_dates(q, "t");
         }
-        q.push(")");
+        if text.address.is_none() && text.ip.is_none() {
+            branch(q, "SELECT t.id FROM message t WHERE t.subject LIKE ");
+            q.push_bind(format!("%{}%", like_escape(&text.text)));
+            self.push_text_dates(q, "t");
+        }
+        q.push(") text_ids ON text_ids.id = m.id");
     }
 
-    /// ` AND mr.date >= ? AND mr.date < ?)`: the range on `message_recipient`'s copy of the
-    /// date (and the recipients the scope may search by), closing its subquery.
-    fn push_recipient_dates(&self, q: &mut QueryBuilder<MySql>, scope: &Scope) {
-        q.push(" AND mr.date >= ");
+    /// ` AND a.date >= ? AND a.date < ?` for the alias `a` (static) of a free-text branch.
+    fn push_text_dates(&self, q: &mut QueryBuilder<MySql>, alias: &'static str) {
+        q.push(" AND ");
+        q.push(alias);
+        q.push(".date >= ");
         q.push_bind(datetime(self.from));
-        q.push(" AND mr.date < ");
+        q.push(" AND ");
+        q.push(alias);
+        q.push(".date < ");
         q.push_bind(datetime(self.to));
-        scope.push_searchable_recipient(q);
-        q.push(")");
     }
 }
