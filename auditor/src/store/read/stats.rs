@@ -61,10 +61,11 @@ pub async fn per_verdict(
     q.push_bind(format.to_owned());
     q.push(
         ") AS CHAR) AS bucket, CAST(m.verdict AS CHAR) AS verdict, COUNT(*) AS n \
-         FROM message m WHERE m.date >= ",
+         FROM message m",
     );
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.date >= ");
     push_range(&mut q, from, to);
-    scope.push_message(&mut q);
     q.push(" GROUP BY bucket, verdict ORDER BY bucket");
     q.build_query_as().fetch_all(pool).await
 }
@@ -88,11 +89,11 @@ pub async fn top_rejected_senders(
     top: u32,
 ) -> Result<Vec<SenderCount>, sqlx::Error> {
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT m.sender_local, m.sender_domain, COUNT(*) AS n FROM message m \
-         WHERE m.verdict = 'reject' AND m.date >= ",
+        "SELECT m.sender_local, m.sender_domain, COUNT(*) AS n FROM message m",
     );
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.verdict = 'reject' AND m.date >= ");
     push_range(&mut q, from, to);
-    scope.push_message(&mut q);
     q.push(
         " GROUP BY m.sender_domain, m.sender_local \
          ORDER BY n DESC, m.sender_domain, m.sender_local LIMIT ",
@@ -127,15 +128,13 @@ pub async fn top_rejected(
     };
     let mut q = QueryBuilder::<MySql>::new("SELECT ");
     q.push(column);
-    q.push(
-        " AS label, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-         WHERE m.verdict = 'reject' AND m.date >= ",
-    );
+    q.push(" AS label, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session");
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.verdict = 'reject' AND m.date >= ");
     push_range(&mut q, from, to);
     q.push(" AND ");
     q.push(column);
     q.push(" <> ''");
-    scope.push_message(&mut q);
     q.push(" GROUP BY ");
     q.push(column);
     q.push(" ORDER BY n DESC, ");
@@ -158,11 +157,11 @@ pub async fn module_latency(
     let mut q = QueryBuilder::<MySql>::new(
         "SELECT r.module, COUNT(*) AS results, CAST(AVG(r.duration) * 1000 AS DOUBLE) AS avg_ms, \
          CAST(MAX(r.duration) * 1000 AS DOUBLE) AS max_ms \
-         FROM message m JOIN message_result r ON r.message = m.id \
-         WHERE m.date >= ",
+         FROM message m JOIN message_result r ON r.message = m.id",
     );
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.date >= ");
     push_range(&mut q, from, to);
-    scope.push_message(&mut q);
     q.push(" GROUP BY r.module ORDER BY r.module");
     q.build_query_as().fetch_all(pool).await
 }
