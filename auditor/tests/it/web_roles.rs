@@ -317,6 +317,17 @@ async fn every_route_gives_each_role_what_it_may_see() {
             for queue_id in all {
                 assert_eq!(csv.contains(queue_id), visible.contains(&queue_id));
             }
+            // recipients as the list shows them: a domain-admin its domain's only
+            let qe5 = lines.iter().find(|l| l.contains("QE5")).unwrap();
+            if role == Role::DomainAdmin {
+                assert!(qe5.ends_with(",ann@one.example"), "{qe5}");
+            } else {
+                // by domain: the rejected one of support::event() too
+                assert!(
+                    qe5.ends_with(",x@example.net other@four.example ann@one.example"),
+                    "{qe5}"
+                );
+            }
             // the subject of QE5 would be a formula in a spreadsheet: neutralised
             assert!(
                 csv.contains("\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\""),
@@ -529,4 +540,25 @@ async fn the_csv_export_is_bounded_and_refuses_what_the_search_refuses() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // more rows than one chunk (200), cut at the cap
+    let mut config = web_config(true);
+    config.web_csv_max_rows = 230;
+    let env = WebEnv::with_config(config).await;
+    let events: Vec<wire::AuditEvent> = (0..250)
+        .map(|n| {
+            let mut e = support::event();
+            e.message.queue_id = format!("QM{n:03}");
+            e
+        })
+        .collect();
+    env.store(&events).await;
+    let (status, csv) = env.api("/api/v1/messages.csv?per_page=10&page=3").await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<&str> = csv.split_terminator("\r\n").collect();
+    assert_eq!(lines.len(), 231, "header and 230 rows, whatever the page");
+    let mut ids: Vec<&str> = lines[1..].iter().map(|l| &l[..36]).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 230, "each message once");
 }

@@ -132,8 +132,8 @@ pub struct ListedRecipient {
 /// Recipients shown per message in a result list at most.
 pub const RECIPIENTS_LISTED: i64 = 5;
 
-/// The first [`RECIPIENTS_LISTED`] recipients of each of `messages` (by domain and local
-/// part). Within a scope limited to domains, only recipients of those domains, except for the
+/// The first `limit` recipients of each of `messages` (by domain and local part; the list
+/// shows [`RECIPIENTS_LISTED`]). Within a scope limited to domains, only recipients of those domains, except for the
 /// messages in `whole` (those the scope covers by their sender).
 ///
 /// # Errors
@@ -143,6 +143,7 @@ pub async fn recipients_of(
     scope: &Scope,
     messages: &[Uuid],
     whole: &[Uuid],
+    limit: i64,
 ) -> Result<Vec<ListedRecipient>, sqlx::Error> {
     if messages.is_empty() {
         return Ok(Vec::new());
@@ -169,7 +170,7 @@ pub async fn recipients_of(
         q.push("))");
     }
     q.push(") listed WHERE n <= ");
-    q.push_bind(RECIPIENTS_LISTED);
+    q.push_bind(limit);
     q.push(" ORDER BY message, n");
     q.build_query_as().fetch_all(pool).await
 }

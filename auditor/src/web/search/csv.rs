@@ -16,15 +16,18 @@ use platform::database::Database;
 use super::filter;
 use super::params::SearchParams;
 use crate::store::read::Scope;
-use crate::store::read::search::{MessageQuery, MessageRow};
+use crate::store::read::search::{self as read, MessageQuery, MessageRow};
 use crate::web::auth::Identity;
 use crate::web::error::WebError;
 use crate::web::format::{address, decode_subject, fmt_date};
 use crate::web::params::Params;
 use crate::web::state::AppState;
 
+/// Recipients written per message at most (within the scope).
+const CSV_RECIPIENTS: i64 = 1000;
+
 /// The columns, in order.
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 15] = [
     "id",
     "date",
     "queue_id",
@@ -39,6 +42,7 @@ pub const COLUMNS: [&str; 14] = [
     "client_ip",
     "sasl_username",
     "instance",
+    "recipients",
 ];
 
 /// Rows written to the response in one chunk.
@@ -66,8 +70,9 @@ pub fn push_cell(out: &mut String, value: &str) {
     }
 }
 
-/// One message as a CSV line (CRLF-terminated). Numbers are ours, written as they are.
-fn push_row(out: &mut String, row: &MessageRow) {
+/// One message as a CSV line (CRLF-terminated), with its recipients (space-separated).
+/// Numbers are ours, written as they are.
+fn push_row(out: &mut String, row: &MessageRow, recipients: &str) {
     let text = [
         row.id.hyphenated().to_string(),
         fmt_date(row.date),
@@ -91,6 +96,8 @@ fn push_row(out: &mut String, row: &MessageRow) {
     push_cell(out, &row.sasl_username);
     out.push(',');
     push_cell(out, &row.instance);
+    out.push(',');
+    push_cell(out, recipients);
     out.push_str("\r\n");
 }
 
@@ -168,28 +175,41 @@ async fn export(
     if !query.matches_nothing {
         let mut sql = query.sql(&scope);
         let mut rows = sql.build_query_as::<MessageRow>().fetch(&pool);
-        let mut in_chunk = 0;
-        while written < max {
-            match rows.next().await {
+        let mut batch = Vec::with_capacity(ROWS_PER_CHUNK);
+        loop {
+            let next = if written + batch.len() < max {
+                rows.next().await
+            } else {
+                None
+            };
+            let done = match next {
                 Some(Ok(row)) => {
-                    push_row(&mut out, &row);
-                    written += 1;
-                    in_chunk += 1;
-                    if in_chunk == ROWS_PER_CHUNK {
-                        in_chunk = 0;
-                        let chunk = Bytes::from(std::mem::take(&mut out));
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            // the client went away
-                            return;
-                        }
-                    }
+                    batch.push(row);
+                    false
                 }
                 Some(Err(error)) => {
                     tracing::warn!(error = %error, written, "CSV export cut off: the database failed");
                     let _ = tx.send(Err(error)).await;
                     return;
                 }
-                None => break,
+                None => true,
+            };
+            if batch.len() == ROWS_PER_CHUNK || (done && !batch.is_empty()) {
+                if let Err(error) = push_rows(&pool, &scope, &mut out, &batch).await {
+                    tracing::warn!(error = %error, written, "CSV export cut off: the database failed");
+                    let _ = tx.send(Err(error)).await;
+                    return;
+                }
+                written += batch.len();
+                batch.clear();
+                let chunk = Bytes::from(std::mem::take(&mut out));
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // the client went away
+                    return;
+                }
+            }
+            if done {
+                break;
             }
         }
     }
@@ -197,6 +217,34 @@ async fn export(
     if !out.is_empty() {
         let _ = tx.send(Ok(Bytes::from(out))).await;
     }
+}
+
+/// `batch` as CSV lines with their recipients (as the list shows them: within the scope).
+async fn push_rows(
+    pool: &Database,
+    scope: &Scope,
+    out: &mut String,
+    batch: &[MessageRow],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|row| row.id).collect();
+    let whole: Vec<uuid::Uuid> = batch
+        .iter()
+        .filter(|row| scope.covers_sender(&row.sender_domain, &row.sasl_username))
+        .map(|row| row.id)
+        .collect();
+    let mut recipients: std::collections::HashMap<uuid::Uuid, Vec<String>> =
+        std::collections::HashMap::new();
+    for r in read::recipients_of(pool, scope, &ids, &whole, CSV_RECIPIENTS).await? {
+        recipients
+            .entry(r.message)
+            .or_default()
+            .push(address(&r.local, &r.domain));
+    }
+    for row in batch {
+        let listed = recipients.remove(&row.id).unwrap_or_default();
+        push_row(out, row, &listed.join(" "));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

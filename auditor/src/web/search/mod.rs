@@ -92,7 +92,7 @@ pub async fn run(
         .collect();
     let mut recipients: std::collections::HashMap<uuid::Uuid, Vec<String>> =
         std::collections::HashMap::new();
-    for r in read::recipients_of(&state.pool, scope, &ids, &whole).await? {
+    for r in read::recipients_of(&state.pool, scope, &ids, &whole, read::RECIPIENTS_LISTED).await? {
         recipients
             .entry(r.message)
             .or_default()
