@@ -163,6 +163,52 @@ fn counted(
     (Some(counted.as_str().to_owned()), gave_reason, badge)
 }
 
+/// One factor value of the reputation module's determinants (`factors[]`), as its table shows
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReputationRow {
+    pub factor: String,
+    pub value: String,
+    pub messages: String,
+    pub rejected: String,
+    pub tempfailed: String,
+    pub permitted: String,
+    pub ratio: String,
+    pub mean_reject_score: String,
+    /// `—` when the value had too few judged messages to be scored.
+    pub score: String,
+}
+
+impl ModuleResult {
+    /// The reputation module's counts per factor value (empty for other modules).
+    pub fn reputation_rows(&self) -> Vec<ReputationRow> {
+        if self.module != "reputation" {
+            return Vec::new();
+        }
+        let number = |v: &serde_json::Value| match v.as_f64() {
+            Some(x) if v.is_u64() || v.is_i64() => format!("{x}"),
+            Some(x) => format!("{x:.2}"),
+            None => "—".to_owned(),
+        };
+        let factors = self.determinants["factors"].as_array();
+        factors
+            .into_iter()
+            .flatten()
+            .map(|f| ReputationRow {
+                factor: f["factor"].as_str().unwrap_or_default().to_owned(),
+                value: f["value"].as_str().unwrap_or_default().to_owned(),
+                messages: number(&f["messages"]),
+                rejected: number(&f["rejected"]),
+                tempfailed: number(&f["tempfailed"]),
+                permitted: number(&f["permitted"]),
+                ratio: number(&f["refused_ratio"]),
+                mean_reject_score: number(&f["mean_reject_score"]),
+                score: number(&f["score"]),
+            })
+            .collect()
+    }
+}
+
 /// An envelope change a module made, as the srs module's determinants tell it: the sender
 /// rewritten (SRS), a recipient reversed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -634,6 +680,49 @@ mod tests {
             counted("tempfail", 100.0, false, over, "tempfail", over),
             (Some("tempfail".to_owned()), true, "tempfail")
         );
+    }
+
+    #[test]
+    fn the_reputation_module_s_counts_read_as_a_table() {
+        let determinants = serde_json::json!({"factors": [
+            {"factor": "client_address", "value": "198.51.100.50", "messages": 13,
+             "rejected": 12, "tempfailed": 0, "permitted": 0, "judged": 12,
+             "refused_ratio": 1.0, "mean_reject_score": 15.5, "score": 8.0},
+            {"factor": "sasl_username", "value": "alice", "messages": 1, "rejected": 0,
+             "tempfailed": 0, "permitted": 1, "refused_ratio": 0.0, "mean_reject_score": 0.0,
+             "score": null},
+        ]});
+        let result = ModuleResult {
+            module: "reputation".to_owned(),
+            suggested: "reject".to_owned(),
+            counted_as: Some("reject".to_owned()),
+            gave_reason: true,
+            badge: "reject",
+            score: 8.0,
+            weighted_score: 8.0,
+            duration_ms: 1.0,
+            message: String::new(),
+            late: false,
+            rows: flatten(&determinants),
+            determinants,
+        };
+        let rows = result.reputation_rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].value.as_str(),
+                rows[0].messages.as_str(),
+                rows[0].ratio.as_str()
+            ),
+            ("198.51.100.50", "13", "1.00")
+        );
+        assert_eq!(rows[0].score, "8.00");
+        assert_eq!(rows[1].score, "—");
+        let other = ModuleResult {
+            module: "rspamd".to_owned(),
+            ..result
+        };
+        assert!(other.reputation_rows().is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod geoip;
 mod greylisting;
 mod late_results;
 mod quotas;
+mod reputation;
 mod spine;
 mod srs;
 

@@ -359,17 +359,20 @@ impl Settler {
         Ok(Settled { counted, rows })
     }
 
-    /// Forgets remembered verdicts older than [`store::SETTLEMENT_MEMORY`].
+    /// Settles reservations a cross-node race left reserved though their verdict is
+    /// remembered ([`QuotaStore::reconcile_settlements`]), then forgets remembered verdicts
+    /// older than [`store::SETTLEMENT_MEMORY`]. Returns (rows reconciled, verdicts forgotten).
     ///
     /// # Errors
     /// The database failed.
-    pub async fn prune(&self) -> Result<u64, sqlx::Error> {
-        self.store.prune_settlements().await
+    pub async fn prune(&self) -> Result<(u64, u64), sqlx::Error> {
+        let reconciled = self.store.reconcile_settlements().await?;
+        Ok((reconciled, self.store.prune_settlements().await?))
     }
 
     /// How often [`Settler::prune`] is worth running.
     pub fn prune_interval(&self) -> Duration {
-        Duration::from_secs(300)
+        Duration::from_secs(30)
     }
 }
 
