@@ -5,7 +5,8 @@
 //! MariaDB's SEQUENCE engine so the fill takes minutes, then serves the web interface in-process
 //! and times `/api/v1/messages` over HTTP (first page, 50 rows, newest first) for searches by
 //! sender address, sender domain, recipient domain, client address and network, SASL user
-//! and a one-day date range. Prints p50/p95 per kind; the target is p95 ≤ 300 ms.
+//! and a one-day date range, the free-text box, and as a `domain-admin` of two recipient
+//! domains (the role's scope in the SQL). Prints p50/p95 per kind; the target is p95 ≤ 300 ms.
 //!
 //! `cargo bench -p auditor --bench search` (optionally `-- <messages>`; `-- <messages> keep`
 //! keeps the database for another look). Uses the local MariaDB. Not in CI.
@@ -24,6 +25,8 @@ const CHUNK: u64 = 50_000;
 const DAYS: u64 = 30;
 const SAMPLES: usize = 60;
 const TOKEN: &str = "bench-token";
+/// A `domain-admin` of two of the 1 000 recipient domains (`rd1.example`, `rd2.example`).
+const DOMAIN_TOKEN: &str = "bench-domain-admin-token";
 
 /// Statements run per chunk `[a, b]` of message numbers; `{a}`, `{b}`, `{n}` and `{span}`
 /// (seconds) are replaced by numbers, never by input.
@@ -154,6 +157,13 @@ fn main() {
         config.auditor.web_api_tokens.push(WebApiToken {
             name: "bench".into(),
             sha256: auditor::web::auth::token_sha256_hex(TOKEN),
+            ..Default::default()
+        });
+        config.auditor.web_api_tokens.push(WebApiToken {
+            name: "bench-domain-admin".into(),
+            sha256: auditor::web::auth::token_sha256_hex(DOMAIN_TOKEN),
+            role: platform::config::WebRole::DomainAdmin,
+            domains: vec!["rd1.example".into(), "rd2.example".into()],
         });
         let pool = auditor::store::connect_lazy(&(&db.url).into(), 8).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,6 +265,24 @@ fn main() {
                 "verdict reject, 1 day",
                 Box::new(|_: &mut Lcg| "verdict=reject".to_owned()),
             ),
+            (
+                "free text address, 30 days",
+                Box::new({
+                    let month = month.clone();
+                    move |r: &mut Lcg| {
+                        let id = 1 + r.next(100_000);
+                        format!("{month}&q=r{id}%40rd{}.example", id % 1000)
+                    }
+                }),
+            ),
+            ("domain-admin: 1 day", Box::new(|_: &mut Lcg| String::new())),
+            (
+                "domain-admin: 30 days",
+                Box::new({
+                    let month = month.clone();
+                    move |_: &mut Lcg| month.clone()
+                }),
+            ),
         ];
         println!(
             "{:<28} {:>9} {:>9} {:>9} {:>7}",
@@ -267,7 +295,12 @@ fn main() {
             for _ in 0..SAMPLES {
                 let url = format!("http://{addr}/api/v1/messages?{}", make(&mut rng));
                 let started = Instant::now();
-                let response = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+                let token = if name.starts_with("domain-admin") {
+                    DOMAIN_TOKEN
+                } else {
+                    TOKEN
+                };
+                let response = client.get(&url).bearer_auth(token).send().await.unwrap();
                 let status = response.status();
                 let body = response.text().await.unwrap();
                 times.push(started.elapsed());

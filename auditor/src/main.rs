@@ -47,9 +47,13 @@ enum Web {
     AddUser {
         /// The user name, as typed at the login form.
         name: String,
-        /// What the user may do.
+        /// What the user may see: admin (everything), domain-admin (only the messages,
+        /// bounces and quotas of its --domain's), auditor (everything but headers and bodies).
         #[arg(long, value_enum, default_value_t = auditor::web::auth::Role::Admin)]
         role: auditor::web::auth::Role,
+        /// A domain of a domain-admin (repeat for several); only with --role domain-admin.
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
     },
     /// Ask for a password (not echoed; from stdin, one line, when that is not a terminal) and
     /// print its argon2 hash for `[[auditor.web-users]] password-hash`.
@@ -91,11 +95,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", auditor::web::hash_password(&password)?);
             return Ok(());
         }
-        Command::Web(Web::AddUser { name, role }) => {
+        Command::Web(Web::AddUser {
+            name,
+            role,
+            domains,
+        }) => {
             auditor::web::auth::check_user_name(name).map_err(anyhow::Error::msg)?;
+            // the role and domains are checked before the password is asked for
+            auditor::web::auth::user_toml(name, "", *role, domains).map_err(anyhow::Error::msg)?;
             let password = read_password(true)?;
             let hash = auditor::web::hash_password(&password)?;
-            print!("{}", auditor::web::auth::user_toml(name, &hash, *role));
+            let block = auditor::web::auth::user_toml(name, &hash, *role, domains)
+                .map_err(anyhow::Error::msg)?;
+            print!("{block}");
             return Ok(());
         }
         _ => {}

@@ -24,6 +24,8 @@ pub const BROKER_RECONNECTS: &str = "cluegetter_auditor_broker_reconnects_total"
 pub const WEB_CONNECTIONS: &str = "cluegetter_auditor_web_connections";
 /// Web requests answered 503 because they took longer than `web-request-timeout`.
 pub const WEB_REQUEST_TIMEOUTS: &str = "cluegetter_auditor_web_request_timeouts_total";
+/// Message rows written by CSV exports of the search.
+pub const WEB_CSV_ROWS: &str = "cluegetter_auditor_web_csv_rows_total";
 
 /// Archive rows deleted by pruning, by `table` ([`PRUNED_TABLES`]).
 pub const PRUNED_ROWS: &str = "cluegetter_auditor_pruned_rows_total";
@@ -79,12 +81,17 @@ pub fn describe() {
         WEB_REQUEST_TIMEOUTS,
         "Web requests answered 503 because they took longer than web-request-timeout"
     );
+    metrics::describe_counter!(
+        WEB_CSV_ROWS,
+        "Message rows written by CSV exports of the search"
+    );
     for counter in [
         EVENTS_COMMITTED,
         DUPLICATES_SKIPPED,
         BATCH_FAILURES,
         BROKER_RECONNECTS,
         WEB_REQUEST_TIMEOUTS,
+        WEB_CSV_ROWS,
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -6,6 +6,11 @@
 //! rows are deleted when a lookup meets them and every [`SESSION_SWEEP`] by [`sweep`]. A database
 //! error while checking a session is a 503, never a login.
 //!
+//! Roles: each user and token has a `role` (`admin`, `domain-admin` with `domains`, `auditor`);
+//! [`scope_of`] turns it into the [`Scope`] every read of the archive takes
+//! (`crate::store::read`), so the role is enforced in the SQL. The session row holds only the
+//! user name: a role changed in the configuration applies at the next request.
+//!
 //! Failed logins are throttled per user name and per client address ([`super::throttle`]);
 //! the login and logout forms themselves are [`super::login`]'s.
 //!
@@ -30,6 +35,8 @@ use sha2::{Digest as _, Sha256};
 use super::error::WebError;
 use super::state::AppState;
 use super::throttle::LoginThrottle;
+use crate::store::read::Scope;
+use platform::config::WebRole;
 
 pub const SESSION_COOKIE: &str = "cg_session";
 pub const LOGIN_CSRF_COOKIE: &str = "cg_login_csrf";
@@ -48,13 +55,31 @@ pub struct Identity {
     pub user: String,
     /// The session's CSRF token for the logout form; empty for API tokens.
     pub csrf: String,
+    /// What the user or token may see, from its role: every read takes it.
+    pub scope: Scope,
+}
+
+/// The scope of a role: `admin` everything, `domain-admin` its domains, `auditor` everything
+/// but contents.
+pub fn scope_of(role: WebRole, domains: &[String]) -> Scope {
+    match role {
+        WebRole::Admin => Scope::all(),
+        WebRole::DomainAdmin => Scope::domains(domains),
+        WebRole::Auditor => Scope::without_contents(),
+    }
+}
+
+/// A configured user: the password hash and what the user may see.
+struct User {
+    hash: String,
+    scope: Scope,
 }
 
 /// Users, tokens, the session settings and the login throttle.
 pub struct Auth {
-    users: HashMap<String, String>,
-    /// (name, SHA-256 of the token)
-    tokens: Vec<(String, [u8; 32])>,
+    users: HashMap<String, User>,
+    /// (name, SHA-256 of the token, scope)
+    tokens: Vec<(String, [u8; 32], Scope)>,
     pub(super) lifetime: Duration,
     cookie_secure: bool,
     pub(super) throttle: LoginThrottle,
@@ -70,14 +95,24 @@ impl Auth {
                 if digest.is_none() {
                     tracing::warn!(name = %token.name, "ignoring an API token whose sha256 is not 64 hex digits");
                 }
-                Some((token.name.clone(), digest?))
+                Some((
+                    token.name.clone(),
+                    digest?,
+                    scope_of(token.role, &token.domains),
+                ))
             })
             .collect();
         Self {
             users: config
                 .web_users
                 .iter()
-                .map(|user| (user.name.clone(), user.password_hash.clone()))
+                .map(|user| {
+                    let entry = User {
+                        hash: user.password_hash.clone(),
+                        scope: scope_of(user.role, &user.domains),
+                    };
+                    (user.name.clone(), entry)
+                })
                 .collect(),
             tokens,
             lifetime: config.web_session_lifetime.max(Duration::from_secs(60)),
@@ -116,7 +151,8 @@ impl Auth {
         let Some((user, live)) = row else {
             return Ok(None);
         };
-        if !live || !self.users.contains_key(&user) {
+        let scope = self.users.get(&user).map(|known| known.scope.clone());
+        if !live || scope.is_none() {
             sqlx::query("DELETE FROM web_session WHERE id = ?")
                 .bind(key.as_slice())
                 .execute(pool)
@@ -126,9 +162,10 @@ impl Auth {
             }
             return Ok(None);
         }
-        Ok(Some(Identity {
+        Ok(scope.map(|scope| Identity {
             user,
             csrf: session_csrf(id),
+            scope,
         }))
     }
 
@@ -136,10 +173,11 @@ impl Auth {
         let digest = sha256(token.as_bytes());
         self.tokens
             .iter()
-            .find(|(_, known)| constant_time_eq(known, &digest))
-            .map(|(name, _)| Identity {
+            .find(|(_, known, _)| constant_time_eq(known, &digest))
+            .map(|(name, _, scope)| Identity {
                 user: format!("token:{name}"),
                 csrf: String::new(),
+                scope: scope.clone(),
             })
     }
 
@@ -170,7 +208,7 @@ impl Auth {
     /// Whether `password` is `user`'s. Slow on purpose (argon2): call off the async threads.
     pub(super) fn verify(&self, user: &str, password: &str) -> bool {
         let (hash, known) = match self.users.get(user) {
-            Some(hash) => (hash.as_str(), true),
+            Some(known) => (known.hash.as_str(), true),
             None => (DUMMY_HASH, false),
         };
         let Ok(parsed) = PasswordHash::new(hash) else {
@@ -215,12 +253,27 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
     Ok(hash.to_string())
 }
 
-/// What a web user may do: `admin` (everything) for now. `auditor web add-user --role` takes
-/// it, so roles can be added without changing the command.
+/// A web user's role, as `auditor web add-user --role` takes it (the configuration's
+/// [`WebRole`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
+    /// Sees everything.
     #[default]
     Admin,
+    /// Sees only the messages, bounces and quotas of its `--domain`s.
+    DomainAdmin,
+    /// Sees everything but message headers and bodies.
+    Auditor,
+}
+
+impl From<Role> for WebRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Admin => Self::Admin,
+            Role::DomainAdmin => Self::DomainAdmin,
+            Role::Auditor => Self::Auditor,
+        }
+    }
 }
 
 /// Why `name` cannot be a web user's name: empty, too long, or with control characters or
@@ -240,21 +293,36 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The `[[auditor.web-users]]` block for a user with this argon2 `hash`, to paste at the end
-/// of the configuration's `[auditor]` section. Every user is an admin for now, so the role is a
-/// comment.
-pub fn user_toml(name: &str, hash: &str, role: Role) -> String {
+/// The `[[auditor.web-users]]` block for a user with this argon2 `hash`, role and domains, to
+/// paste at the end of the configuration's `[auditor]` section.
+///
+/// # Errors
+/// The role and domains do not go together (`domain-admin` needs domains, the others take
+/// none), as the configuration would refuse them.
+pub fn user_toml(name: &str, hash: &str, role: Role, domains: &[String]) -> Result<String, String> {
     // a JSON string is a TOML basic string (same escapes)
     let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
-    let role = match role {
-        Role::Admin => "admin",
+    let domains: Vec<String> = domains.iter().map(|d| d.trim().to_lowercase()).collect();
+    let user = platform::config::WebUser {
+        name: name.to_owned(),
+        password_hash: hash.to_owned(),
+        role: role.into(),
+        domains: domains.clone(),
     };
-    format!(
-        "# paste after the last plain key of [auditor]; role: {role} (every user may see everything)\n\
-         [[auditor.web-users]]\nname = {}\npassword-hash = {}\n",
+    user.check_role()?;
+    let role = WebRole::from(role).as_str();
+    let mut block = format!(
+        "# paste after the last plain key of [auditor]\n\
+         [[auditor.web-users]]\nname = {}\npassword-hash = {}\nrole = {}\n",
         quoted(name),
-        quoted(hash)
-    )
+        quoted(hash),
+        quoted(role)
+    );
+    if !domains.is_empty() {
+        let list: Vec<String> = domains.iter().map(|d| quoted(d)).collect();
+        block.push_str(&format!("domains = [{}]\n", list.join(", ")));
+    }
+    Ok(block)
 }
 
 /// Deletes expired sessions, a batch at a time, and forgets login failures older than the
@@ -405,17 +473,55 @@ mod tests {
         config.web_users.push(platform::config::WebUser {
             name: "pm".into(),
             password_hash: hash,
+            ..Default::default()
         });
         config.web_api_tokens.push(platform::config::WebApiToken {
             name: "script".into(),
             sha256: token_sha256_hex("tok"),
+            role: WebRole::DomainAdmin,
+            domains: vec!["One.Example".into()],
         });
         let auth = Auth::from_config(&config);
         assert!(auth.verify("pm", "s3cret"));
         assert!(!auth.verify("pm", "wrong"));
         assert!(!auth.verify("nobody", "s3cret"));
-        assert!(auth.token("tok").is_some());
+        assert_eq!(
+            auth.token("tok").unwrap().scope,
+            Scope::domains(["one.example"])
+        );
+        assert_eq!(auth.users["pm"].scope, Scope::all());
         assert!(auth.token("tok2").is_none());
+    }
+
+    /// The block `add-user` prints is a configuration the loader takes, with the role.
+    #[test]
+    fn add_user_prints_a_block_with_the_role_and_refuses_a_domain_admin_without_domains() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+        let block = user_toml(
+            "d\"a",
+            hash,
+            Role::DomainAdmin,
+            &["One.Example".into(), "two.example".into()],
+        )
+        .unwrap();
+        assert!(block.contains("role = \"domain-admin\""), "{block}");
+        assert!(
+            block.contains("domains = [\"one.example\", \"two.example\"]"),
+            "{block}"
+        );
+        let path = std::env::temp_dir().join(format!("add-user-{}.toml", std::process::id()));
+        std::fs::write(&path, format!("[auditor]\n{block}")).unwrap();
+        let config = platform::config::load(Some(&path), Default::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(config.auditor.web_users[0].name, "d\"a");
+        assert_eq!(config.auditor.web_users[0].role, WebRole::DomainAdmin);
+        let block = user_toml("aud", hash, Role::Auditor, &[]).unwrap();
+        assert!(block.contains("role = \"auditor\""), "{block}");
+        assert!(!block.contains("domains"), "{block}");
+        let err = user_toml("d", hash, Role::DomainAdmin, &[]).unwrap_err();
+        assert!(err.contains("no domains"), "{err}");
+        let err = user_toml("a", hash, Role::Admin, &["x.example".into()]).unwrap_err();
+        assert!(err.contains("takes none"), "{err}");
     }
 
     #[test]

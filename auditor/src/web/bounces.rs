@@ -18,8 +18,8 @@ use super::format::{fmt_date, fmt_opt_date, lossy};
 use super::nav::Nav;
 use super::params::{Params, free_text, parse_paging, parse_range};
 use super::state::AppState;
-use crate::store::read::AddressFilter;
 use crate::store::read::bounces::{self as read, BounceQuery};
+use crate::store::read::{AddressFilter, Scope};
 use crate::store::values::datetime_max;
 
 /// Most raw report bytes shown.
@@ -130,8 +130,12 @@ pub struct BounceList {
     pub to: String,
 }
 
-async fn list(state: &AppState, filter: &BounceQuery) -> Result<BounceList, WebError> {
-    let rows = read::list(&state.pool, filter).await?;
+async fn list(
+    state: &AppState,
+    scope: &Scope,
+    filter: &BounceQuery,
+) -> Result<BounceList, WebError> {
+    let rows = read::list(&state.pool, scope, filter).await?;
     let has_more = rows.len() > filter.per_page as usize;
     Ok(BounceList {
         reports: rows
@@ -212,7 +216,7 @@ pub async fn list_page(
         Err(WebError::BadRequest(error)) => return Ok(refused(nav, params, error)),
         Err(other) => return Err(other),
     };
-    let result = list(&state, &filter).await?;
+    let result = list(&state, &identity.scope, &filter).await?;
     let prev_href = if filter.page > 1 {
         href(&params, filter.page - 1)
     } else {
@@ -249,10 +253,11 @@ pub async fn list_page(
 )]
 pub async fn list_api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Params(params): Params<BounceParams>,
 ) -> Result<Json<BounceList>, WebError> {
     let filter = params.query()?;
-    Ok(Json(list(&state, &filter).await?))
+    Ok(Json(list(&state, &identity.scope, &filter).await?))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -294,13 +299,15 @@ pub struct BounceDetail {
     pub link: String,
     pub reports: Vec<Report>,
     pub raw_size: u64,
-    /// The report as received, as text (lossy UTF-8, at most 256 KiB).
+    /// The report as received, as text (lossy UTF-8, at most 256 KiB); empty when withheld.
     pub raw: String,
+    /// The raw report is withheld from this user's role (`auditor`: no message contents).
+    pub raw_withheld: bool,
 }
 
-async fn detail(state: &AppState, id: &str) -> Result<BounceDetail, WebError> {
+async fn detail(state: &AppState, scope: &Scope, id: &str) -> Result<BounceDetail, WebError> {
     let id: u64 = id.parse().map_err(|_| WebError::NotFound)?;
-    let (b, reports) = read::bounce(&state.pool, id)
+    let (b, reports) = read::bounce(&state.pool, scope, id)
         .await?
         .ok_or(WebError::NotFound)?;
     let reports = reports
@@ -345,6 +352,7 @@ async fn detail(state: &AppState, id: &str) -> Result<BounceDetail, WebError> {
         reports,
         raw_size: b.raw_size,
         raw: lossy(&raw),
+        raw_withheld: !scope.contents,
     })
 }
 
@@ -363,7 +371,7 @@ pub async fn detail_page(
 ) -> Result<BounceTemplate, WebError> {
     Ok(BounceTemplate {
         nav: Nav::new(&identity, "bounces"),
-        b: detail(&state, &id).await?,
+        b: detail(&state, &identity.scope, &id).await?,
     })
 }
 
@@ -382,7 +390,8 @@ pub async fn detail_page(
 )]
 pub async fn detail_api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<BounceDetail>, WebError> {
-    Ok(Json(detail(&state, &id).await?))
+    Ok(Json(detail(&state, &identity.scope, &id).await?))
 }

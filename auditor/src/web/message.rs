@@ -17,6 +17,7 @@ use super::format::{address, decode_header, decode_subject, fmt_date, lossy};
 use super::nav::Nav;
 use super::params::parse_uuid;
 use super::state::AppState;
+use crate::store::read::Scope;
 use crate::store::read::message::{self as read, MessageRow};
 
 /// Most body bytes shown on the page (the API gives the same).
@@ -325,9 +326,14 @@ pub struct MessageDetail {
     pub bounces: Vec<LinkedBounce>,
     /// The stored body as text (lossy UTF-8, at most 1 MiB); None when none was stored.
     pub body: Option<String>,
+    /// Headers and body are withheld from this user's role (`auditor`): `headers` is empty
+    /// and `body` null whatever was stored.
+    pub contents_withheld: bool,
 }
 
-pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError> {
+/// The message `id` as `scope` may see it; not found when it is outside the scope (so a
+/// `domain-admin` cannot tell another domain's message from none).
+pub async fn load(state: &AppState, scope: &Scope, id: Uuid) -> Result<MessageDetail, WebError> {
     let read::MessageRecord {
         message: row,
         recipients,
@@ -335,7 +341,7 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
         results,
         bounces,
         body,
-    } = read::message(&state.pool, id)
+    } = read::message(&state.pool, scope, id)
         .await?
         .ok_or(WebError::NotFound)?;
     let recipients = recipients
@@ -458,6 +464,7 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
             })
             .collect(),
         body,
+        contents_withheld: !scope.contents,
     })
 }
 
@@ -653,7 +660,7 @@ pub async fn page(
     let id = parse_uuid(&id)?;
     Ok(MessageTemplate {
         nav: Nav::new(&identity, "messages"),
-        m: load(&state, id).await?,
+        m: load(&state, &identity.scope, id).await?,
     })
 }
 
@@ -672,10 +679,11 @@ pub async fn page(
 )]
 pub async fn api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<MessageDetail>, WebError> {
     let id = parse_uuid(&id)?;
-    Ok(Json(load(&state, id).await?))
+    Ok(Json(load(&state, &identity.scope, id).await?))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! Layout, in layers. This file wires the pages into the router. The **pages** (one module
 //! each, a page and its JSON twin) depend only on the shared modules below them, never on each
 //! other (`test-support/tests/tidy.rs` checks it):
-//! - [`search`]: the message search (`params`: the query string; `filter`: validation);
+//! - [`search`]: the message search (`params`: the query string; `filter`: validation; `csv`:
+//!   the search as CSV);
 //! - [`message`]: one message with its session, recipients, headers, results, verdict
 //!   arithmetic, bounces and body;
 //! - [`bounces`], [`quotas`], [`stats`]: the other pages; [`login`]: the login and logout
@@ -17,7 +18,8 @@
 //!   runtime;
 //! - [`state`]: [`AppState`], what every handler shares;
 //! - [`auth`]: users (argon2) and API tokens (SHA-256) from the config, sessions in MariaDB
-//!   (`web_session`), the middleware that guards every route but the login; [`throttle`]:
+//!   (`web_session`), the middleware that guards every route but the login, and the roles
+//!   (`auth::scope_of`: the `Scope` every read takes); [`throttle`]:
 //!   failed logins per user name and client address (HTTP 429);
 //! - [`params`]: reading query parameters (free text, times, paging, networks, ids);
 //! - [`format`]: times, periods, addresses, bytes as shown; [`nav`]: the navigation bar;
@@ -75,6 +77,7 @@ pub use state::AppState;
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(search::api))
+        .routes(routes!(search::csv::api))
         .routes(routes!(message::api))
         .routes(routes!(bounces::list_api))
         .routes(routes!(bounces::detail_api))
@@ -95,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::to("/messages") }))
         .route("/logout", post(login::logout))
         .route("/messages", get(search::page))
+        .route("/messages.csv", get(search::csv::page))
         .route("/messages/{id}", get(message::page))
         .route("/bounces", get(bounces::list_page))
         .route("/bounces/{id}", get(bounces::detail_page))

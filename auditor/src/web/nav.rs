@@ -6,6 +6,8 @@ use super::auth::Identity;
 /// The navigation bar: who is logged in, the logout form's CSRF token, the current section.
 pub struct Nav {
     pub user: String,
+    /// What the user may see, when it is not everything: `domain-admin: a, b` or `auditor`.
+    pub role: String,
     pub csrf: String,
     pub active: &'static str,
 }
@@ -14,6 +16,11 @@ impl Nav {
     pub fn new(identity: &Identity, active: &'static str) -> Self {
         Self {
             user: identity.user.clone(),
+            role: match (&identity.scope.domains, identity.scope.contents) {
+                (Some(domains), _) => format!("domain-admin: {}", domains.join(", ")),
+                (None, false) => "auditor".to_owned(),
+                (None, true) => String::new(),
+            },
             csrf: identity.csrf.clone(),
             active,
         }

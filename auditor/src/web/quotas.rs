@@ -26,6 +26,7 @@ use super::nav::Nav;
 use super::params::{Params, free_text, one_of};
 use super::state::AppState;
 use super::svg::{self, Chart};
+use crate::store::read::Scope;
 use crate::store::read::quotas::{self as read, QuotaRow};
 
 /// The chart's span, in hours.
@@ -132,7 +133,11 @@ pub fn selector_names() -> Vec<&'static str> {
     Selector::ALL.iter().map(|s| s.as_str()).collect()
 }
 
-async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOverview, WebError> {
+async fn overview(
+    state: &AppState,
+    scope: &Scope,
+    params: &QuotaParams,
+) -> Result<QuotaOverview, WebError> {
     let pool = &state.pool;
     let selector = match params.selector.trim() {
         "" => None,
@@ -152,7 +157,7 @@ async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOvervie
     };
     let mut quotas = Vec::new();
     if let (Some(selector), Some(value)) = (selector, &value) {
-        let rows = read::quotas_of(pool, selector, value).await?;
+        let rows = read::quotas_of(pool, scope, selector, value).await?;
         let now = read::now(pool).await?;
         for row in rows {
             quotas.push(usage(state, row, now).await?);
@@ -191,7 +196,7 @@ async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOvervie
             });
         }
     }
-    let regexes = read::regexes(pool)
+    let regexes = read::regexes(pool, scope)
         .await?
         .into_iter()
         .map(|r| RegexRow {
@@ -203,7 +208,7 @@ async fn overview(state: &AppState, params: &QuotaParams) -> Result<QuotaOvervie
         })
         .collect();
     let instigated = match instigator {
-        Some(id) => read::instigated_by(pool, id)
+        Some(id) => read::instigated_by(pool, scope, id)
             .await?
             .into_iter()
             .map(|r| ConcreteRow {
@@ -338,7 +343,7 @@ pub async fn page(
     Ok(QuotasTemplate {
         nav: Nav::new(&identity, "quotas"),
         selectors: selector_names(),
-        o: overview(&state, &params).await?,
+        o: overview(&state, &identity.scope, &params).await?,
     })
 }
 
@@ -357,7 +362,8 @@ pub async fn page(
 )]
 pub async fn api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Params(params): Params<QuotaParams>,
 ) -> Result<Json<QuotaOverview>, WebError> {
-    Ok(Json(overview(&state, &params).await?))
+    Ok(Json(overview(&state, &identity.scope, &params).await?))
 }

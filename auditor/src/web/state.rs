@@ -18,6 +18,8 @@ pub struct AppState {
     pub reservation_ttl: Duration,
     /// The server's bounds (`web-max-connections`, the timeouts).
     pub limits: Limits,
+    /// `web-csv-max-rows`: most rows of one CSV export.
+    pub csv_max_rows: u32,
 }
 
 impl AppState {
@@ -28,6 +30,7 @@ impl AppState {
             auth: Arc::new(Auth::from_config(&config.auditor)),
             reservation_ttl: config.quotas.reservation_ttl,
             limits: Limits::from_config(&config.auditor),
+            csv_max_rows: config.auditor.web_csv_max_rows,
         }
     }
 }

@@ -21,6 +21,7 @@ use super::nav::Nav;
 use super::params::{Params, parse_range};
 use super::state::AppState;
 use super::svg::{self, Chart};
+use crate::store::read::Scope;
 use crate::store::read::stats::{self as read, RejectedBy};
 
 const TOP: u32 = 10;
@@ -74,7 +75,7 @@ pub struct Stats {
     pub module_latency: Vec<Latency>,
 }
 
-async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError> {
+async fn stats(state: &AppState, scope: &Scope, params: &StatsParams) -> Result<Stats, WebError> {
     let (from, to) = parse_range(&params.from, &params.to)?;
     if to - from > TimeDelta::days(MAX_RANGE_DAYS) {
         return Err(WebError::BadRequest(format!(
@@ -88,7 +89,7 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
     } else {
         ("%Y-%m-%d", TimeDelta::days(1))
     };
-    let rows = read::per_verdict(pool, format, from, to).await?;
+    let rows = read::per_verdict(pool, scope, format, from, to).await?;
     // every bucket of the range, also the empty ones
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut start = truncate(from, hourly);
@@ -104,10 +105,10 @@ async fn stats(state: &AppState, params: &StatsParams) -> Result<Stats, WebError
             b.counts.insert(row.verdict, row.count);
         }
     }
-    let senders = read::top_rejected_senders(pool, from, to, TOP).await?;
-    let sasl = read::top_rejected(pool, RejectedBy::SaslUser, from, to, TOP).await?;
-    let ips = read::top_rejected(pool, RejectedBy::ClientIp, from, to, TOP).await?;
-    let module_latency = read::module_latency(pool, from, to)
+    let senders = read::top_rejected_senders(pool, scope, from, to, TOP).await?;
+    let sasl = read::top_rejected(pool, scope, RejectedBy::SaslUser, from, to, TOP).await?;
+    let ips = read::top_rejected(pool, scope, RejectedBy::ClientIp, from, to, TOP).await?;
+    let module_latency = read::module_latency(pool, scope, from, to)
         .await?
         .into_iter()
         .map(|l| Latency {
@@ -233,7 +234,7 @@ pub async fn page(
     axum::Extension(identity): axum::Extension<Identity>,
     Params(params): Params<StatsParams>,
 ) -> Result<StatsTemplate, WebError> {
-    let s = stats(&state, &params).await?;
+    let s = stats(&state, &identity.scope, &params).await?;
     Ok(StatsTemplate {
         nav: Nav::new(&identity, "stats"),
         charts: charts(&s),
@@ -257,7 +258,8 @@ pub async fn page(
 )]
 pub async fn api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Params(params): Params<StatsParams>,
 ) -> Result<Json<Stats>, WebError> {
-    Ok(Json(stats(&state, &params).await?))
+    Ok(Json(stats(&state, &identity.scope, &params).await?))
 }

@@ -21,3 +21,5 @@ mod web_auth;
 mod web_dates;
 mod web_fixes;
 mod web_flood;
+mod web_roles;
+mod web_search;

@@ -42,10 +42,12 @@ pub fn web_config(with_users: bool) -> AuditorConfig {
         config.web_users.push(WebUser {
             name: USER.into(),
             password_hash: auditor::web::hash_password(PASSWORD).unwrap(),
+            ..Default::default()
         });
         config.web_api_tokens.push(WebApiToken {
             name: "tests".into(),
             sha256: auditor::web::auth::token_sha256_hex(TOKEN),
+            ..Default::default()
         });
     }
     config
@@ -273,6 +275,7 @@ pub const PAGES: &[&str] = &[
     "/",
     "/messages",
     "/messages?sender=a%40b.c",
+    "/messages.csv?sender=a%40b.c",
     "/messages/0190a5c8-0000-7000-8000-000000000000",
     "/bounces",
     "/bounces/1",
@@ -284,6 +287,7 @@ pub const PAGES: &[&str] = &[
 pub const APIS: &[&str] = &[
     "/api/openapi.json",
     "/api/v1/messages",
+    "/api/v1/messages.csv",
     "/api/v1/messages/0190a5c8-0000-7000-8000-000000000000",
     "/api/v1/bounces",
     "/api/v1/bounces/1",
@@ -1135,6 +1139,8 @@ mod no_5xx {
     use super::*;
 
     const KEYS: &[&str] = &[
+        "q",
+        "last",
         "sender",
         "recipient",
         "ip",
@@ -1266,6 +1272,7 @@ fn hash_password_reads_stdin_and_prints_a_hash_the_login_accepts() {
     config.web_users.push(WebUser {
         name: USER.into(),
         password_hash: hash,
+        ..Default::default()
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -68,25 +68,108 @@ pub struct AuditorConfig {
     pub web_users: Vec<WebUser>,
     /// Tokens for scripts (`Authorization: Bearer <token>`), stored as SHA-256 hex digests.
     pub web_api_tokens: Vec<WebApiToken>,
+    /// Most rows one CSV export of a search writes (`/messages.csv`, `/api/v1/messages.csv`).
+    pub web_csv_max_rows: u32,
+}
+
+/// What a web user or API token may see (`role = "..."`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebRole {
+    /// Everything (the default).
+    #[default]
+    Admin,
+    /// Only the messages, bounces and quotas of `domains`: a message by a recipient's domain,
+    /// or by its sender's domain when the sender logged in with SASL.
+    DomainAdmin,
+    /// Everything but message headers and bodies (and raw bounce reports).
+    Auditor,
+}
+
+impl WebRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::DomainAdmin => "domain-admin",
+            Self::Auditor => "auditor",
+        }
+    }
+}
+
+/// Why a role and its domains do not go together: `domain-admin` needs domains, the other
+/// roles take none; a domain must be a plain domain name.
+fn check_role(what: &str, name: &str, role: WebRole, domains: &[String]) -> Result<(), String> {
+    match role {
+        WebRole::DomainAdmin if domains.is_empty() => Err(format!(
+            "[auditor] {what}: {name:?} has role \"domain-admin\" but no domains \
+             (domains = [\"example.org\"])"
+        )),
+        WebRole::Admin | WebRole::Auditor if !domains.is_empty() => Err(format!(
+            "[auditor] {what}: {name:?} has domains but role {:?} takes none \
+             (only \"domain-admin\" is limited to domains)",
+            role.as_str()
+        )),
+        _ => {
+            for domain in domains {
+                let plain = !domain.is_empty()
+                    && domain.len() <= 253
+                    && domain
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.');
+                if !plain {
+                    return Err(format!(
+                        "[auditor] {what}: {name:?} has domain {domain:?}, which is not a \
+                         plain domain name (no @, no wildcard, ASCII or punycode)"
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A user of the auditor's web interface.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct WebUser {
     pub name: String,
     /// Argon2 PHC string (`$argon2id$v=19$...`); never the password itself.
     pub password_hash: String,
+    /// What the user may see; `admin` when left out.
+    #[serde(default)]
+    pub role: WebRole,
+    /// The domains of a `domain-admin` (and only of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+}
+
+impl WebUser {
+    /// Whether the role and domains go together, as the configuration's validation checks them
+    /// (for `auditor web add-user`).
+    ///
+    /// # Errors
+    /// Why not, for the command line.
+    pub fn check_role(&self) -> Result<(), String> {
+        check_role("web-users", &self.name, self.role, &self.domains)
+    }
 }
 
 /// An API token of the auditor's web interface.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct WebApiToken {
     /// Who or what uses it (shown in the log).
     pub name: String,
     /// Lower-case hex SHA-256 of the token (`printf %s TOKEN | sha256sum`).
     pub sha256: String,
+    /// What the token may see; `admin` when left out.
+    #[serde(default)]
+    pub role: WebRole,
+    /// The domains of a `domain-admin` token (and only of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
 }
 
 /// One week, the unit of ClueGetter's `archive-retention-*` keys.
@@ -125,6 +208,7 @@ impl Default for AuditorConfig {
             web_login_failure_window: Duration::from_secs(15 * 60),
             web_users: Vec::new(),
             web_api_tokens: Vec::new(),
+            web_csv_max_rows: 100_000,
         }
     }
 }
@@ -176,6 +260,7 @@ impl AuditorConfig {
                     user.name
                 ));
             }
+            check_role("web-users", &user.name, user.role, &user.domains)?;
         }
         for token in &self.web_api_tokens {
             if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -184,6 +269,13 @@ impl AuditorConfig {
                     token.name
                 ));
             }
+            check_role("web-api-tokens", &token.name, token.role, &token.domains)?;
+        }
+        if !(1..=10_000_000).contains(&self.web_csv_max_rows) {
+            return Err(format!(
+                "[auditor] web-csv-max-rows ({}) must be between 1 and 10000000",
+                self.web_csv_max_rows
+            ));
         }
         for (key, value) in [
             (

@@ -29,7 +29,7 @@ mod modules;
 #[cfg(test)]
 mod tests;
 
-pub use auditor::{AuditorConfig, WebApiToken, WebUser};
+pub use auditor::{AuditorConfig, WebApiToken, WebRole, WebUser};
 pub use bounce_ingest::BounceIngestConfig;
 pub use check_workers::CheckWorkersConfig;
 pub use connections::{BrokerConfig, DatabaseConfig, Urls, redact};

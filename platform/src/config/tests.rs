@@ -446,6 +446,55 @@ fn auditor_web_users_need_argon2_hashes_and_tokens_sha256_digests() {
 }
 
 #[test]
+fn auditor_roles_are_read_and_domains_go_with_domain_admin_only() {
+    let user = |extra: &str| {
+        format!(
+            "[auditor]\n[[auditor.web-users]]\nname = \"pm\"\npassword-hash = \"$argon2id$x\"\n{extra}"
+        )
+    };
+    let config = load_text(&user("")).unwrap();
+    assert_eq!(config.auditor.web_users[0].role, WebRole::Admin);
+    let config = load_text(&user(
+        "role = \"domain-admin\"\ndomains = [\"one.example\", \"two.example\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(config.auditor.web_users[0].role, WebRole::DomainAdmin);
+    assert_eq!(config.auditor.web_users[0].domains.len(), 2);
+    let config = load_text(&user("role = \"auditor\"\n")).unwrap();
+    assert_eq!(config.auditor.web_users[0].role, WebRole::Auditor);
+    for (extra, expected) in [
+        ("role = \"domain-admin\"\n", "no domains"),
+        ("role = \"domain-admin\"\ndomains = []\n", "no domains"),
+        ("domains = [\"one.example\"]\n", "takes none"),
+        (
+            "role = \"auditor\"\ndomains = [\"one.example\"]\n",
+            "takes none",
+        ),
+        (
+            "role = \"domain-admin\"\ndomains = [\"*.example\"]\n",
+            "plain domain",
+        ),
+        ("role = \"root\"\n", "role"),
+    ] {
+        let err = load_text(&user(extra)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+    let token = format!(
+        "[auditor]\n[[auditor.web-api-tokens]]\nname = \"x\"\nsha256 = \"{}\"\nrole = \"domain-admin\"\n",
+        "ab".repeat(32)
+    );
+    let err = load_text(&token).unwrap_err().to_string();
+    assert!(
+        err.contains("web-api-tokens") && err.contains("no domains"),
+        "{err}"
+    );
+    let err = load_text("[auditor]\nweb-csv-max-rows = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("web-csv-max-rows"), "{err}");
+}
+
+#[test]
 fn auditor_login_throttling_is_read_and_checked() {
     let defaults = AuditorConfig::default();
     assert_eq!(defaults.web_login_max_failures, 5);

@@ -6,7 +6,7 @@ use platform::database::Database;
 use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 
-use super::{AddressFilter, like_escape};
+use super::{AddressFilter, Scope, like_escape};
 use crate::store::values::datetime;
 
 /// A validated bounce list query.
@@ -46,12 +46,16 @@ pub struct ListRow {
 ///
 /// # Errors
 /// The database failed.
-pub async fn list(pool: &Database, query: &BounceQuery) -> Result<Vec<ListRow>, sqlx::Error> {
-    query.sql().build_query_as().fetch_all(pool).await
+pub async fn list(
+    pool: &Database,
+    scope: &Scope,
+    query: &BounceQuery,
+) -> Result<Vec<ListRow>, sqlx::Error> {
+    query.sql(scope).build_query_as().fetch_all(pool).await
 }
 
 impl BounceQuery {
-    fn sql(&self) -> QueryBuilder<MySql> {
+    fn sql(&self, scope: &Scope) -> QueryBuilder<MySql> {
         let mut q = QueryBuilder::new(
             "SELECT b.id, b.date, b.message, CAST(b.link AS CHAR) AS link, \
              CAST(b.kind AS CHAR) AS kind, CAST(b.parse_status AS CHAR) AS parse_status, \
@@ -99,6 +103,7 @@ impl BounceQuery {
         if self.unlinked {
             q.push(" AND b.message IS NULL");
         }
+        scope.push_bounce(&mut q);
         q.push(" ORDER BY b.date DESC, b.id DESC, r.sequence LIMIT ");
         q.push_bind(u64::from(self.per_page) + 1);
         q.push(" OFFSET ");
@@ -152,26 +157,36 @@ pub struct ReportRow {
     pub will_retry_until: Option<DateTime<Utc>>,
 }
 
-/// The report `id` with its recipients in order, or `None` when there is no such report.
+/// The report `id` with its recipients in order, or `None` when there is no such report in
+/// `scope` (the raw report is empty when the scope may not read contents).
 ///
 /// # Errors
 /// The database failed.
 pub async fn bounce(
     pool: &Database,
+    scope: &Scope,
     id: u64,
 ) -> Result<Option<(BounceRow, Vec<ReportRow>)>, sqlx::Error> {
-    let bounce: Option<BounceRow> = sqlx::query_as(
+    let mut q = QueryBuilder::<MySql>::new(
         "SELECT b.id, b.date, b.received, b.mta, b.queueId, b.messageId, b.sender, \
          CAST(b.source AS CHAR) AS source, b.peer, CAST(b.kind AS CHAR) AS kind, \
          CAST(b.parse_status AS CHAR) AS parse_status, b.parse_reason, b.subject, \
          b.received_from_mta, b.arrival_date, b.orig_from, b.orig_to, b.orig_subject, \
-         b.mta_hostname, b.message, CAST(b.link AS CHAR) AS link, b.raw, b.raw_size, \
-         i.name AS instance \
-         FROM bounce b JOIN instance i ON i.id = b.cluegetter_instance WHERE b.id = ?",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+         b.mta_hostname, b.message, CAST(b.link AS CHAR) AS link, ",
+    );
+    // the raw report holds the returned message's headers (and often its body)
+    q.push(if scope.contents {
+        "b.raw"
+    } else {
+        "CAST('' AS BINARY) AS raw"
+    });
+    q.push(
+        ", b.raw_size, i.name AS instance \
+         FROM bounce b JOIN instance i ON i.id = b.cluegetter_instance WHERE b.id = ",
+    );
+    q.push_bind(id);
+    scope.push_bounce(&mut q);
+    let bounce: Option<BounceRow> = q.build_query_as().fetch_optional(pool).await?;
     let Some(bounce) = bounce else {
         return Ok(None);
     };

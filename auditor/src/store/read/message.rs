@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use platform::database::Database;
+use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
+
+use super::Scope;
 
 /// The `message` row with its session, MTA and instance.
 #[derive(Debug, sqlx::FromRow)]
@@ -105,12 +108,18 @@ pub struct MessageRecord {
     pub body: Vec<Vec<u8>>,
 }
 
-/// The message `id`, or `None` when the archive has no such message.
+/// The message `id`, or `None` when the archive has no such message in `scope`. A
+/// `domain-admin` that sees the message by a recipient sees only the recipients of its
+/// domains; headers and body are not read when the scope may not read contents.
 ///
 /// # Errors
 /// The database failed.
-pub async fn message(pool: &Database, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
-    let message: Option<MessageRow> = sqlx::query_as(
+pub async fn message(
+    pool: &Database,
+    scope: &Scope,
+    id: Uuid,
+) -> Result<Option<MessageRecord>, sqlx::Error> {
+    let mut q = QueryBuilder::<MySql>::new(
         "SELECT m.session, m.queue_id, m.mta_hostname, m.date, m.body_size, m.body_hash, \
          m.messageId, m.subject, m.sender_local, m.sender_domain, m.rcpt_count, m.verdict, \
          m.applied, m.verdict_msg, m.rejectScore, m.rejectScoreThreshold, m.tempfailScore, \
@@ -122,27 +131,33 @@ pub async fn message(pool: &Database, id: Uuid) -> Result<Option<MessageRecord>,
          FROM message m JOIN session s ON s.id = m.session \
          JOIN cluegetter_client c ON c.id = s.cluegetter_client \
          JOIN instance i ON i.id = s.cluegetter_instance \
-         WHERE m.id = ?",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+         WHERE m.id = ",
+    );
+    q.push_bind(id);
+    scope.push_message(&mut q);
+    let message: Option<MessageRow> = q.build_query_as().fetch_optional(pool).await?;
     let Some(message) = message else {
         return Ok(None);
     };
-    let recipients = sqlx::query_as(
+    let mut q = QueryBuilder::<MySql>::new(
         "SELECT r.local, r.domain, mr.status, mr.count, mr.reason \
          FROM message_recipient mr JOIN recipient r ON r.id = mr.recipient \
-         WHERE mr.message = ? ORDER BY mr.status, r.domain, r.local",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let headers =
+         WHERE mr.message = ",
+    );
+    q.push_bind(id);
+    if !scope.covers_sender(&message.sender_domain, &message.sasl_username) {
+        scope.push_recipient(&mut q);
+    }
+    q.push(" ORDER BY mr.status, r.domain, r.local");
+    let recipients = q.build_query_as().fetch_all(pool).await?;
+    let headers = if scope.contents {
         sqlx::query_as("SELECT name, body FROM message_header WHERE message = ? ORDER BY sequence")
             .bind(id)
             .fetch_all(pool)
-            .await?;
+            .await?
+    } else {
+        Vec::new()
+    };
     let results = sqlx::query_as(
         "SELECT module, verdict, score, weighted_score, duration, verdict_msg, determinants, late \
          FROM message_result WHERE message = ? ORDER BY late, module",
@@ -159,11 +174,14 @@ pub async fn message(pool: &Database, id: Uuid) -> Result<Option<MessageRecord>,
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let body =
+    let body = if scope.contents {
         sqlx::query_scalar("SELECT body FROM message_body WHERE message = ? ORDER BY sequence")
             .bind(id)
             .fetch_all(pool)
-            .await?;
+            .await?
+    } else {
+        Vec::new()
+    };
     Ok(Some(MessageRecord {
         message,
         recipients,

@@ -5,7 +5,9 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use platform::database::Database;
 use platform::quotas::Selector;
+use sqlx::{MySql, QueryBuilder};
 
+use super::Scope;
 use crate::store::values::datetime;
 
 /// A `quota` row with its profile and class.
@@ -74,21 +76,24 @@ pub struct TallyRow {
 /// The database failed.
 pub async fn quotas_of(
     pool: &Database,
+    scope: &Scope,
     selector: Selector,
     value: &str,
 ) -> Result<Vec<QuotaRow>, sqlx::Error> {
     // the module stores values lower-cased; the column compares case-insensitively anyway
-    sqlx::query_as(
+    let mut q = QueryBuilder::<MySql>::new(
         "SELECT q.id, CAST(q.selector AS CHAR) AS selector, q.value, q.is_regex, q.profile, \
          p.name AS profile_name, c.name AS class_name, q.instigator, q.date_added \
          FROM quota q JOIN quota_profile p ON p.id = q.profile \
          JOIN quota_class c ON c.id = p.class \
-         WHERE q.selector = ? AND q.value = ? ORDER BY q.id LIMIT 100",
-    )
-    .bind(selector.as_str())
-    .bind(value.to_lowercase())
-    .fetch_all(pool)
-    .await
+         WHERE q.selector = ",
+    );
+    q.push_bind(selector.as_str());
+    q.push(" AND q.value = ");
+    q.push_bind(value.to_lowercase());
+    scope.push_quota(&mut q);
+    q.push(" ORDER BY q.id LIMIT 100");
+    q.build_query_as().fetch_all(pool).await
 }
 
 /// The database's clock, which the quotas module counts by.
@@ -141,33 +146,40 @@ pub async fn periods_of(pool: &Database, profile: u64) -> Result<Vec<PeriodRow>,
     .await
 }
 
-/// The regex rows with the number of rows each instigated (at most 500).
+/// The regex rows with the number of rows each instigated (at most 500); none for a scope
+/// limited to domains.
 ///
 /// # Errors
 /// The database failed.
-pub async fn regexes(pool: &Database) -> Result<Vec<RegexRow>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn regexes(pool: &Database, scope: &Scope) -> Result<Vec<RegexRow>, sqlx::Error> {
+    let mut q = QueryBuilder::<MySql>::new(
         "SELECT q.id, CAST(q.selector AS CHAR) AS selector, q.value, p.name AS profile, \
          (SELECT COUNT(*) FROM quota x WHERE x.instigator = q.id) AS instigated \
          FROM quota q JOIN quota_profile p ON p.id = q.profile \
-         WHERE q.is_regex = 1 ORDER BY q.id LIMIT 500",
-    )
-    .fetch_all(pool)
-    .await
+         WHERE q.is_regex = 1",
+    );
+    scope.push_quota(&mut q);
+    q.push(" ORDER BY q.id LIMIT 500");
+    q.build_query_as().fetch_all(pool).await
 }
 
-/// The rows regex row `id` instigated, newest first (at most 500).
+/// The rows in `scope` regex row `id` instigated, newest first (at most 500).
 ///
 /// # Errors
 /// The database failed.
-pub async fn instigated_by(pool: &Database, id: u64) -> Result<Vec<ConcreteRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, CAST(selector AS CHAR) AS selector, value, date_added FROM quota \
-         WHERE instigator = ? ORDER BY id DESC LIMIT 500",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await
+pub async fn instigated_by(
+    pool: &Database,
+    scope: &Scope,
+    id: u64,
+) -> Result<Vec<ConcreteRow>, sqlx::Error> {
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT q.id, CAST(q.selector AS CHAR) AS selector, q.value, q.date_added FROM quota q \
+         WHERE q.instigator = ",
+    );
+    q.push_bind(id);
+    scope.push_quota(&mut q);
+    q.push(" ORDER BY q.id DESC LIMIT 500");
+    q.build_query_as().fetch_all(pool).await
 }
 
 /// The tally rows of `quota` since `since` that are not released, oldest first, at most `limit`.

@@ -10,7 +10,7 @@ use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 use wire::{Action, ModuleName};
 
-use super::{AddressFilter, IpRange, like_escape};
+use super::{AddressFilter, IpRange, Scope, like_escape};
 use crate::store::values::datetime;
 
 /// The column a result list is sorted by.
@@ -25,13 +25,38 @@ pub enum Sort {
     QueueId,
 }
 
+/// A SASL login filter: the exact login, logins beginning with a prefix, or logins of a
+/// domain (`…@domain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaslFilter {
+    Exact(String),
+    Prefix(String),
+    Domain(String),
+}
+
+/// The free-text box: one text looked for as a sender, a recipient, a subject, a queue id, a
+/// Message-ID and a client address at once (any of them matches).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreeText {
+    pub text: String,
+    /// The text as an address or domain (for sender and recipient).
+    pub address: Option<AddressFilter>,
+    /// The text as a client address or network.
+    pub ip: Option<IpRange>,
+}
+
+/// Most messages a search counts (the page says "more than" beyond it).
+pub const COUNT_CAP: u64 = 10_000;
+
 /// A validated search; [`MessageQuery::sql`] turns it into SQL.
 #[derive(Clone, Debug)]
 pub struct MessageQuery {
     pub sender: Option<AddressFilter>,
     pub recipient: Option<AddressFilter>,
     pub ip: Option<IpRange>,
-    pub sasl: Option<String>,
+    pub sasl: Option<SaslFilter>,
+    /// The free-text box.
+    pub text: Option<FreeText>,
     /// ISO 3166-1 alpha-2, upper case (`session.country`).
     pub country: Option<String>,
     pub queue_id: Option<String>,
@@ -80,32 +105,108 @@ pub struct MessageRow {
     pub instance: String,
 }
 
+/// How many messages match `query` in `scope`, at most [`COUNT_CAP`] + 1.
+///
+/// # Errors
+/// The database failed.
+pub async fn count(
+    pool: &Database,
+    scope: &Scope,
+    query: &MessageQuery,
+) -> Result<u64, sqlx::Error> {
+    if query.matches_nothing {
+        return Ok(0);
+    }
+    let mut q = QueryBuilder::<MySql>::new("SELECT COUNT(*) FROM (");
+    query.push_ids(&mut q, scope, false);
+    q.push(" LIMIT ");
+    q.push_bind(COUNT_CAP + 1);
+    q.push(") counted");
+    let n: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// A recipient of a listed message.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ListedRecipient {
+    pub message: Uuid,
+    pub local: String,
+    pub domain: String,
+}
+
+/// Recipients shown per message in a result list at most.
+pub const RECIPIENTS_LISTED: i64 = 5;
+
+/// The first `limit` recipients of each of `messages` (by domain and local part; the list
+/// shows [`RECIPIENTS_LISTED`]). Within a scope limited to domains, only recipients of those domains, except for the
+/// messages in `whole` (those the scope covers by their sender).
+///
+/// # Errors
+/// The database failed.
+pub async fn recipients_of(
+    pool: &Database,
+    scope: &Scope,
+    messages: &[Uuid],
+    whole: &[Uuid],
+    limit: i64,
+) -> Result<Vec<ListedRecipient>, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT message, local, domain FROM (SELECT mr.message, r.local, r.domain, \
+         ROW_NUMBER() OVER (PARTITION BY mr.message ORDER BY r.domain, r.local) AS n \
+         FROM message_recipient mr JOIN recipient r ON r.id = mr.recipient \
+         WHERE mr.message IN (",
+    );
+    let mut list = q.separated(", ");
+    for id in messages {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    if scope.domains.is_some() {
+        q.push(" AND (TRUE");
+        scope.push_recipient(&mut q);
+        q.push(" OR mr.message IN (NULL");
+        for id in whole {
+            q.push(", ");
+            q.push_bind(*id);
+        }
+        q.push("))");
+    }
+    q.push(") listed WHERE n <= ");
+    q.push_bind(limit);
+    q.push(" ORDER BY message, n");
+    q.build_query_as().fetch_all(pool).await
+}
+
 /// The page `query` asks for, plus one row more when another page follows.
 ///
 /// # Errors
 /// The database failed.
 pub async fn messages(
     pool: &Database,
+    scope: &Scope,
     query: &MessageQuery,
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
     if query.matches_nothing {
         return Ok(Vec::new());
     }
-    query.sql().build_query_as().fetch_all(pool).await
+    query.sql(scope).build_query_as().fetch_all(pool).await
 }
 
 impl MessageQuery {
-    /// The SQL for one page, plus one row to tell whether another page follows.
-    pub fn sql(&self) -> QueryBuilder<MySql> {
+    /// The SQL for one page within `scope`, plus one row to tell whether another page follows.
+    pub fn sql(&self, scope: &Scope) -> QueryBuilder<MySql> {
         let mut q = QueryBuilder::new(
             "SELECT m.id, m.date, m.queue_id, m.mta_hostname, m.sender_local, m.sender_domain, \
              m.subject, m.verdict, m.applied, m.rcpt_count, m.body_size, m.rejectScore, \
              s.ip, s.sasl_username, i.name AS instance FROM (",
         );
-        if self.by_recipient_only() {
+        if self.by_recipient_only() && scope.domains.is_none() {
             self.push_recipient_ids(&mut q);
         } else {
-            self.push_ids(&mut q);
+            self.push_ids(&mut q, scope, true);
         }
         q.push(
             ") page JOIN message m ON m.id = page.id \
@@ -120,6 +221,7 @@ impl MessageQuery {
     /// the page (`message_recipient.date` is a copy of `message.date`).
     fn by_recipient_only(&self) -> bool {
         self.recipient.is_some()
+            && self.text.is_none()
             && self.sort == Sort::Date
             && self.sender.is_none()
             && self.ip.is_none()
@@ -193,8 +295,14 @@ impl MessageQuery {
         order
     }
 
-    fn push_ids(&self, q: &mut QueryBuilder<MySql>) {
+    /// The ids of the matching messages; with `paged`, sorted and cut to the page.
+    fn push_ids(&self, q: &mut QueryBuilder<MySql>, scope: &Scope, paged: bool) {
         q.push("SELECT m.id FROM message m");
+        // the scope and the free text as id sets read by their own keys
+        scope.push_message_ids(q, self.from, self.to);
+        if let Some(text) = &self.text {
+            self.push_text(q, text, scope);
+        }
         // the session (and instance) rows are read only when a filter needs them
         if self.ip.is_some()
             || self.sasl.is_some()
@@ -236,6 +344,7 @@ impl MessageQuery {
                 q.push_bind(datetime(self.from));
                 q.push(" AND mr.date < ");
                 q.push_bind(datetime(self.to));
+                scope.push_searchable_recipient(q);
                 q.push(")");
             }
             Some(AddressFilter::Domain(domain)) => {
@@ -247,6 +356,7 @@ impl MessageQuery {
                 q.push_bind(datetime(self.from));
                 q.push(" AND mr.date < ");
                 q.push_bind(datetime(self.to));
+                scope.push_searchable_recipient(q);
                 q.push(")");
             }
             None => {}
@@ -260,10 +370,22 @@ impl MessageQuery {
             q.push(" AND ");
             q.push_bind(range.last.clone());
         }
-        if let Some(sasl) = &self.sasl {
-            q.push(" AND s.sasl_username = ");
-            q.push_bind(sasl.clone());
+        match &self.sasl {
+            Some(SaslFilter::Exact(login)) => {
+                q.push(" AND s.sasl_username = ");
+                q.push_bind(login.clone());
+            }
+            Some(SaslFilter::Prefix(prefix)) => {
+                q.push(" AND s.sasl_username LIKE ");
+                q.push_bind(format!("{}%", like_escape(prefix)));
+            }
+            Some(SaslFilter::Domain(domain)) => {
+                q.push(" AND s.sasl_username LIKE ");
+                q.push_bind(format!("%@{}", like_escape(domain)));
+            }
+            None => {}
         }
+
         if let Some(country) = &self.country {
             q.push(" AND s.country = ");
             q.push_bind(country.clone());
@@ -312,7 +434,101 @@ impl MessageQuery {
             q.push(" AND i.name = ");
             q.push_bind(instance.clone());
         }
-        q.push(self.order_by());
-        self.push_limit(q);
+        if paged {
+            q.push(self.order_by());
+            self.push_limit(q);
+        }
+    }
+
+    /// ` JOIN (…) text_ids ON text_ids.id = m.id`: the free text as any of sender,
+    /// recipient, queue id, Message-ID and client address, and in the subject when it is none
+    /// of the first two kinds (an address or a client address is not looked for in subjects):
+    /// a union of id sets, each read by its own key and bounded by the date range.
+    fn push_text(&self, q: &mut QueryBuilder<MySql>, text: &FreeText, scope: &Scope) {
+        q.push(" JOIN (");
+        let mut first = true;
+        let mut branch = |q: &mut QueryBuilder<MySql>, select: &'static str| {
+            if !first {
+                q.push(" UNION ");
+            }
+            first = false;
+            q.push(select);
+        };
+        // the queue id and Message-ID columns are ASCII: MariaDB refuses to compare others
+        if text.text.is_ascii() {
+            let bare = text.text.trim_start_matches('<').trim_end_matches('>');
+            branch(q, "SELECT t.id FROM message t WHERE t.queue_id = ");
+            q.push_bind(text.text.clone());
+            self.push_text_dates(q, "t");
+            branch(q, "SELECT t.id FROM message t WHERE t.messageId IN (");
+            q.push_bind(bare.to_owned());
+            q.push(", ");
+            q.push_bind(format!("<{bare}>"));
+            q.push(")");
+            self.push_text_dates(q, "t");
+        }
+        match &text.address {
+            Some(AddressFilter::Address { local, domain }) => {
+                branch(q, "SELECT t.id FROM message t WHERE t.sender_domain = ");
+                q.push_bind(domain.clone());
+                q.push(" AND t.sender_local = ");
+                q.push_bind(local.clone());
+                self.push_text_dates(q, "t");
+                branch(
+                    q,
+                    "SELECT mr.message FROM message_recipient mr \
+                     JOIN recipient r ON r.id = mr.recipient WHERE r.domain = ",
+                );
+                q.push_bind(domain.clone());
+                q.push(" AND r.local = ");
+                q.push_bind(local.clone());
+                self.push_text_dates(q, "mr");
+                scope.push_searchable_recipient(q);
+            }
+            Some(AddressFilter::Domain(domain)) => {
+                branch(q, "SELECT t.id FROM message t WHERE t.sender_domain = ");
+                q.push_bind(domain.clone());
+                self.push_text_dates(q, "t");
+                branch(
+                    q,
+                    "SELECT mr.message FROM message_recipient mr WHERE mr.domain = ",
+                );
+                q.push_bind(domain.clone());
+                self.push_text_dates(q, "mr");
+                scope.push_searchable_recipient(q);
+            }
+            None => {}
+        }
+        if let Some(range) = &text.ip {
+            branch(
+                q,
+                "SELECT t.id FROM message t JOIN session ts ON ts.id = t.session \
+                 WHERE LENGTH(ts.ip_bin) = ",
+            );
+            q.push_bind(range.first.len() as u32);
+            q.push(" AND ts.ip_bin BETWEEN ");
+            q.push_bind(range.first.clone());
+            q.push(" AND ");
+            q.push_bind(range.last.clone());
+            self.push_text_dates(q, "t");
+        }
+        if text.address.is_none() && text.ip.is_none() {
+            branch(q, "SELECT t.id FROM message t WHERE t.subject LIKE ");
+            q.push_bind(format!("%{}%", like_escape(&text.text)));
+            self.push_text_dates(q, "t");
+        }
+        q.push(") text_ids ON text_ids.id = m.id");
+    }
+
+    /// ` AND a.date >= ? AND a.date < ?` for the alias `a` (static) of a free-text branch.
+    fn push_text_dates(&self, q: &mut QueryBuilder<MySql>, alias: &'static str) {
+        q.push(" AND ");
+        q.push(alias);
+        q.push(".date >= ");
+        q.push_bind(datetime(self.from));
+        q.push(" AND ");
+        q.push(alias);
+        q.push(".date < ");
+        q.push_bind(datetime(self.to));
     }
 }

@@ -1,10 +1,13 @@
 //! The statistics read back for a date range: messages per period and verdict, the most
 //! rejected senders, SASL users and client addresses, module latencies. Each query is one
-//! index range over the period (schema/0005's covering indexes).
+//! index range over the period (schema/0005's covering indexes). Each counts only the
+//! messages in the reader's [`Scope`].
 
 use chrono::{DateTime, Utc};
 use platform::database::Database;
+use sqlx::{MySql, QueryBuilder};
 
+use super::Scope;
 use crate::store::values::datetime;
 
 /// Messages of one verdict in one period.
@@ -49,20 +52,29 @@ pub struct LatencyRow {
 /// The database failed.
 pub async fn per_verdict(
     pool: &Database,
+    scope: &Scope,
     format: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<VerdictCount>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT CAST(DATE_FORMAT(date, ?) AS CHAR) AS bucket, CAST(verdict AS CHAR) AS verdict, \
-         COUNT(*) AS n \
-         FROM message WHERE date >= ? AND date < ? GROUP BY bucket, verdict ORDER BY bucket",
-    )
-    .bind(format)
-    .bind(datetime(from))
-    .bind(datetime(to))
-    .fetch_all(pool)
-    .await
+    let mut q = QueryBuilder::<MySql>::new("SELECT CAST(DATE_FORMAT(m.date, ");
+    q.push_bind(format.to_owned());
+    q.push(
+        ") AS CHAR) AS bucket, CAST(m.verdict AS CHAR) AS verdict, COUNT(*) AS n \
+         FROM message m",
+    );
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.date >= ");
+    push_range(&mut q, from, to);
+    q.push(" GROUP BY bucket, verdict ORDER BY bucket");
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// `? AND m.date < ?` with the range bound (after `m.date >= `).
+fn push_range(q: &mut QueryBuilder<MySql>, from: DateTime<Utc>, to: DateTime<Utc>) {
+    q.push_bind(datetime(from));
+    q.push(" AND m.date < ");
+    q.push_bind(datetime(to));
 }
 
 /// The `top` most rejected senders.
@@ -71,21 +83,23 @@ pub async fn per_verdict(
 /// The database failed.
 pub async fn top_rejected_senders(
     pool: &Database,
+    scope: &Scope,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     top: u32,
 ) -> Result<Vec<SenderCount>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sender_local, sender_domain, COUNT(*) AS n FROM message \
-         WHERE verdict = 'reject' AND date >= ? AND date < ? \
-         GROUP BY sender_domain, sender_local \
-         ORDER BY n DESC, sender_domain, sender_local LIMIT ?",
-    )
-    .bind(datetime(from))
-    .bind(datetime(to))
-    .bind(top)
-    .fetch_all(pool)
-    .await
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT m.sender_local, m.sender_domain, COUNT(*) AS n FROM message m",
+    );
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.verdict = 'reject' AND m.date >= ");
+    push_range(&mut q, from, to);
+    q.push(
+        " GROUP BY m.sender_domain, m.sender_local \
+         ORDER BY n DESC, m.sender_domain, m.sender_local LIMIT ",
+    );
+    q.push_bind(top);
+    q.build_query_as().fetch_all(pool).await
 }
 
 /// What [`top_rejected`] counts by: a column of the session.
@@ -101,31 +115,33 @@ pub enum RejectedBy {
 /// The database failed.
 pub async fn top_rejected(
     pool: &Database,
+    scope: &Scope,
     by: RejectedBy,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     top: u32,
 ) -> Result<Vec<LabelCount>, sqlx::Error> {
     // static text per column: the column is never a value from the request
-    let sql = match by {
-        RejectedBy::SaslUser => {
-            "SELECT s.sasl_username AS label, COUNT(*) AS n \
-             FROM message m JOIN session s ON s.id = m.session \
-             WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.sasl_username <> '' \
-             GROUP BY s.sasl_username ORDER BY n DESC, s.sasl_username LIMIT ?"
-        }
-        RejectedBy::ClientIp => {
-            "SELECT s.ip AS label, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session \
-             WHERE m.verdict = 'reject' AND m.date >= ? AND m.date < ? AND s.ip <> '' \
-             GROUP BY s.ip ORDER BY n DESC, s.ip LIMIT ?"
-        }
+    let column = match by {
+        RejectedBy::SaslUser => "s.sasl_username",
+        RejectedBy::ClientIp => "s.ip",
     };
-    sqlx::query_as(sql)
-        .bind(datetime(from))
-        .bind(datetime(to))
-        .bind(top)
-        .fetch_all(pool)
-        .await
+    let mut q = QueryBuilder::<MySql>::new("SELECT ");
+    q.push(column);
+    q.push(" AS label, COUNT(*) AS n FROM message m JOIN session s ON s.id = m.session");
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.verdict = 'reject' AND m.date >= ");
+    push_range(&mut q, from, to);
+    q.push(" AND ");
+    q.push(column);
+    q.push(" <> ''");
+    q.push(" GROUP BY ");
+    q.push(column);
+    q.push(" ORDER BY n DESC, ");
+    q.push(column);
+    q.push(" LIMIT ");
+    q.push_bind(top);
+    q.build_query_as().fetch_all(pool).await
 }
 
 /// Each module's result count, average and longest duration (ms), by module name.
@@ -134,17 +150,18 @@ pub async fn top_rejected(
 /// The database failed.
 pub async fn module_latency(
     pool: &Database,
+    scope: &Scope,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<LatencyRow>, sqlx::Error> {
-    sqlx::query_as(
+    let mut q = QueryBuilder::<MySql>::new(
         "SELECT r.module, COUNT(*) AS results, CAST(AVG(r.duration) * 1000 AS DOUBLE) AS avg_ms, \
          CAST(MAX(r.duration) * 1000 AS DOUBLE) AS max_ms \
-         FROM message m JOIN message_result r ON r.message = m.id \
-         WHERE m.date >= ? AND m.date < ? GROUP BY r.module ORDER BY r.module",
-    )
-    .bind(datetime(from))
-    .bind(datetime(to))
-    .fetch_all(pool)
-    .await
+         FROM message m JOIN message_result r ON r.message = m.id",
+    );
+    scope.push_message_ids(&mut q, from, to);
+    q.push(" WHERE m.date >= ");
+    push_range(&mut q, from, to);
+    q.push(" GROUP BY r.module ORDER BY r.module");
+    q.build_query_as().fetch_all(pool).await
 }

@@ -6,6 +6,7 @@
 //! this file runs it and renders the rows. Each filter matches an index (0001, 0005), and the
 //! date range (default: the last 24 h) bounds every scan.
 
+pub mod csv;
 pub mod filter;
 pub mod params;
 
@@ -25,6 +26,7 @@ use super::format::{address, decode_subject, fmt_date};
 use super::nav::Nav;
 use super::params::Params;
 use super::state::AppState;
+use crate::store::read::Scope;
 use crate::store::read::search::{self as read, MessageQuery};
 
 /// One message in a result list.
@@ -46,6 +48,9 @@ pub struct MessageSummary {
     pub client_ip: String,
     pub sasl_username: String,
     pub instance: String,
+    /// The first recipients (by domain and address; a `domain-admin` sees those of its
+    /// domains only, unless the message is its by the sender).
+    pub recipients: Vec<String>,
 }
 
 /// One page of results.
@@ -57,19 +62,46 @@ pub struct SearchResult {
     pub has_more: bool,
     pub from: String,
     pub to: String,
+    /// How many messages match, counted up to 10000; `count_capped`: more than that.
+    pub count: u64,
+    pub count_capped: bool,
 }
 
-/// The page `query` asks for.
+/// The page `query` asks for, of the messages in `scope`.
 ///
 /// # Errors
 /// The database failed.
-pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult, WebError> {
-    let rows = read::messages(&state.pool, query).await?;
+pub async fn run(
+    state: &AppState,
+    scope: &Scope,
+    query: &MessageQuery,
+) -> Result<SearchResult, WebError> {
+    let mut rows = read::messages(&state.pool, scope, query).await?;
     let has_more = rows.len() > query.per_page as usize;
+    rows.truncate(query.per_page as usize);
+    let count = if has_more || query.page > 1 {
+        read::count(&state.pool, scope, query).await?
+    } else {
+        rows.len() as u64
+    };
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|row| row.id).collect();
+    let whole: Vec<uuid::Uuid> = rows
+        .iter()
+        .filter(|row| scope.covers_sender(&row.sender_domain, &row.sasl_username))
+        .map(|row| row.id)
+        .collect();
+    let mut recipients: std::collections::HashMap<uuid::Uuid, Vec<String>> =
+        std::collections::HashMap::new();
+    for r in read::recipients_of(&state.pool, scope, &ids, &whole, read::RECIPIENTS_LISTED).await? {
+        recipients
+            .entry(r.message)
+            .or_default()
+            .push(address(&r.local, &r.domain));
+    }
     let messages = rows
         .into_iter()
-        .take(query.per_page as usize)
         .map(|row| MessageSummary {
+            recipients: recipients.remove(&row.id).unwrap_or_default(),
             id: row.id.hyphenated().to_string(),
             date: fmt_date(row.date),
             queue_id: row.queue_id,
@@ -93,6 +125,8 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
         has_more,
         from: query.from.to_rfc3339(),
         to: query.to.to_rfc3339(),
+        count: count.min(read::COUNT_CAP),
+        count_capped: count > read::COUNT_CAP,
     })
 }
 
@@ -111,10 +145,11 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
 )]
 pub async fn api(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<Identity>,
     Params(params): Params<SearchParams>,
 ) -> Result<Json<SearchResult>, WebError> {
     let query = filter::parse(&params)?;
-    Ok(Json(run(&state, &query).await?))
+    Ok(Json(run(&state, &identity.scope, &query).await?))
 }
 
 /// A column heading that sorts by it (again: the other way).
@@ -139,6 +174,43 @@ pub struct SearchTemplate {
     pub next_href: String,
     pub from_shown: String,
     pub to_shown: String,
+    /// This search as CSV (`/messages.csv?…`).
+    pub csv_href: String,
+    /// (label, href) of the ranges up to now.
+    pub shortcuts: Vec<(&'static str, String)>,
+    /// Recipients listed per message at most (more: an ellipsis).
+    pub recipients_listed: i64,
+}
+
+impl SearchTemplate {
+    /// This search narrowed to `value` of `key` (`sender`, `ip`, `sasl`), from the first page.
+    pub fn filter_href(&self, key: &str, value: &str) -> String {
+        self.q.href(|p| {
+            let field = match key {
+                "sender" => &mut p.sender,
+                "ip" => &mut p.ip,
+                _ => &mut p.sasl,
+            };
+            value.clone_into(field);
+            p.page = String::new();
+        })
+    }
+}
+
+/// The ranges up to now as links: this search over the last hour, today, the last 7 days.
+fn shortcuts(params: &SearchParams) -> Vec<(&'static str, String)> {
+    [("last hour", "1h"), ("today", "today"), ("7 days", "7d")]
+        .into_iter()
+        .map(|(label, last)| {
+            let href = params.href(|p| {
+                last.clone_into(&mut p.last);
+                p.from = String::new();
+                p.to = String::new();
+                p.page = String::new();
+            });
+            (label, href)
+        })
+        .collect()
 }
 
 impl SearchTemplate {
@@ -156,6 +228,9 @@ impl SearchTemplate {
             next_href: String::new(),
             from_shown: String::new(),
             to_shown: String::new(),
+            csv_href: String::new(),
+            shortcuts: Vec::new(),
+            recipients_listed: read::RECIPIENTS_LISTED,
         }
     }
 }
@@ -221,7 +296,7 @@ pub async fn page(
         }
         Err(other) => return Err(other),
     };
-    let result = run(&state, &query).await?;
+    let result = run(&state, &identity.scope, &query).await?;
     let prev_href = if query.page > 1 {
         params.href(|p| p.page = (query.page - 1).to_string())
     } else {
@@ -232,7 +307,14 @@ pub async fn page(
     } else {
         String::new()
     };
+    let csv_href =
+        params
+            .href(|p| p.page = String::new())
+            .replacen("/messages?", "/messages.csv?", 1);
     let page = SearchTemplate {
+        csv_href,
+        shortcuts: shortcuts(&params),
+        recipients_listed: read::RECIPIENTS_LISTED,
         nav,
         sort_links: sort_links(&params),
         q: params,

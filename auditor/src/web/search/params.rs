@@ -6,7 +6,7 @@ use utoipa::IntoParams;
 use utoipa::openapi::schema::Object;
 use wire::Action;
 
-use super::filter::SORTS;
+use super::filter::{LASTS, SORTS};
 use crate::web::params::one_of;
 
 /// The query string as typed; an empty value means "not set". The doc comments are the
@@ -15,6 +15,10 @@ use crate::web::params::one_of;
 #[serde(default, deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Free text, looked for at once as a sender or recipient (address or domain), in the
+    /// subject, as a queue id, a Message-ID and a client address or network.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub q: String,
     /// Sender: an address (exact, case-insensitive), `@domain` or `domain`, or `<>` for the null
     /// sender.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -25,7 +29,8 @@ pub struct SearchParams {
     /// Client address or network (`192.0.2.1`, `192.0.2.0/24`, `2001:db8::/32`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub ip: String,
-    /// SASL user name (exact).
+    /// SASL user name: exact, `prefix*` for logins beginning with it, or `@domain` for the
+    /// logins of a domain.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub sasl: String,
     /// The client's country as the geoip module looked it up (ISO 3166-1 alpha-2, e.g. `NL`).
@@ -59,6 +64,11 @@ pub struct SearchParams {
     /// End (exclusive), same forms (default: now).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub to: String,
+    /// A range up to now instead of `from` and `to`: the last hour, today (UTC) or the last
+    /// 7 days.
+    #[param(schema_with = last_schema)]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last: String,
     /// The column to sort by (default: date).
     #[param(schema_with = sort_schema)]
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -81,6 +91,10 @@ fn verdict_schema() -> Object {
 
 fn sort_schema() -> Object {
     one_of(SORTS.iter().map(|(name, _)| *name))
+}
+
+fn last_schema() -> Object {
+    one_of(LASTS.iter().map(|(name, _)| *name))
 }
 
 fn dir_schema() -> Object {
