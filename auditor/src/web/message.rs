@@ -221,6 +221,9 @@ pub struct MessageDetail {
     pub results: Vec<ModuleResult>,
     pub verdict: Verdict,
     pub bounces: Vec<LinkedBounce>,
+    /// What Postfix's log says became of each recipient (`bounce-ingest maillog`), by
+    /// recipient, oldest first.
+    pub deliveries: Vec<DeliveryLine>,
     /// The stored body as text (lossy UTF-8, at most 1 MiB); None when none was stored.
     pub body: Option<String>,
 }
@@ -236,6 +239,7 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
     } = read::message(&state.pool, id)
         .await?
         .ok_or(WebError::NotFound)?;
+    let deliveries = delivery_lines(state, id).await?;
     let recipients = recipients
         .into_iter()
         .map(|r| Recipient {
@@ -345,8 +349,52 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
                 reports: b.reports.unwrap_or_default(),
             })
             .collect(),
+        deliveries,
         body,
     })
+}
+
+/// One delivery line of the message (Postfix's log, `message_delivery`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryLine {
+    pub recipient: String,
+    /// The address before aliasing or rewriting, when Postfix logged one.
+    pub orig_to: String,
+    /// `sent`, `deferred`, `bounced` or `expired`.
+    pub status: String,
+    pub time: String,
+    pub relay: String,
+    pub dsn: String,
+    /// Seconds from arrival to this attempt.
+    pub delay: Option<f64>,
+    pub reason: String,
+    /// The delivery agent (`smtp`, `local`, ...).
+    pub service: String,
+    #[serde(skip)]
+    pub badge: &'static str,
+}
+
+async fn delivery_lines(state: &AppState, id: Uuid) -> Result<Vec<DeliveryLine>, WebError> {
+    let rows = crate::store::read::delivery::of_message(&state.pool, id).await?;
+    Ok(rows
+        .into_iter()
+        .map(|d| DeliveryLine {
+            badge: match d.status.as_str() {
+                "sent" => "permit",
+                "deferred" => "tempfail",
+                _ => "reject",
+            },
+            recipient: d.recipient,
+            orig_to: d.orig_to,
+            status: d.status,
+            time: fmt_date(d.log_time),
+            relay: d.relay,
+            dsn: d.dsn,
+            delay: d.delay,
+            reason: d.reason,
+            service: d.service,
+        })
+        .collect())
 }
 
 /// The gateway's rule, told back: reject when the weighted scores of the results that

@@ -9,10 +9,12 @@
 //! - [`search`]: the message search (one page of summaries).
 //! - [`message`]: one message with its session, recipients, headers, results, bounces, body.
 //! - [`bounces`]: delivery reports, as a filtered list and one by one.
+//! - [`delivery`]: delivery status from Postfix's log: a message's lines, counts per status.
 //! - [`quotas`]: quota rows, profiles, classes, regex rows and tally rows.
 //! - [`stats`]: counts per verdict and period, top rejected senders, module latencies.
 
 pub mod bounces;
+pub mod delivery;
 pub mod message;
 pub mod quotas;
 pub mod search;

@@ -46,6 +46,24 @@ pub struct MessageSummary {
     pub client_ip: String,
     pub sasl_username: String,
     pub instance: String,
+    /// Recipients per delivery status Postfix logged for it (`bounce-ingest maillog`); a
+    /// recipient deferred, then sent, counts in both.
+    pub delivery: DeliveryCounts,
+}
+
+/// Recipients with a delivery line of each status.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct DeliveryCounts {
+    pub sent: u32,
+    pub deferred: u32,
+    pub bounced: u32,
+    pub expired: u32,
+}
+
+impl DeliveryCounts {
+    pub fn is_empty(&self) -> bool {
+        self.sent + self.deferred + self.bounced + self.expired == 0
+    }
 }
 
 /// One page of results.
@@ -66,6 +84,23 @@ pub struct SearchResult {
 pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult, WebError> {
     let rows = read::messages(&state.pool, query).await?;
     let has_more = rows.len() > query.per_page as usize;
+    let ids: Vec<uuid::Uuid> = rows
+        .iter()
+        .take(query.per_page as usize)
+        .map(|row| row.id)
+        .collect();
+    let mut deliveries: std::collections::HashMap<uuid::Uuid, DeliveryCounts> =
+        std::collections::HashMap::new();
+    for (id, status, n) in crate::store::read::delivery::counts(&state.pool, &ids).await? {
+        let counts = deliveries.entry(id).or_default();
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match status.as_str() {
+            "sent" => counts.sent = n,
+            "deferred" => counts.deferred = n,
+            "bounced" => counts.bounced = n,
+            _ => counts.expired = n,
+        }
+    }
     let messages = rows
         .into_iter()
         .take(query.per_page as usize)
@@ -84,6 +119,7 @@ pub async fn run(state: &AppState, query: &MessageQuery) -> Result<SearchResult,
             client_ip: row.ip,
             sasl_username: row.sasl_username,
             instance: row.instance,
+            delivery: deliveries.remove(&row.id).unwrap_or_default(),
         })
         .collect();
     Ok(SearchResult {
@@ -130,6 +166,7 @@ pub struct SearchTemplate {
     pub nav: Nav,
     pub q: SearchParams,
     pub verdicts: Vec<&'static str>,
+    pub deliveries: Vec<&'static str>,
     /// Suggestions for the module filter.
     pub modules: Vec<&'static str>,
     pub error: String,
@@ -148,6 +185,7 @@ impl SearchTemplate {
             nav,
             q,
             verdicts: filter::verdict_names(),
+            deliveries: filter::delivery_names(),
             modules: filter::module_names(),
             error,
             result: None,
@@ -237,6 +275,7 @@ pub async fn page(
         sort_links: sort_links(&params),
         q: params,
         verdicts: filter::verdict_names(),
+        deliveries: filter::delivery_names(),
         modules: filter::module_names(),
         error: String::new(),
         from_shown: fmt_date(query.from),
