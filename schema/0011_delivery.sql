@@ -12,8 +12,8 @@
 --   is stored (or for a message that never passed the milter). The join is made when it is read:
 --   `message.queue_id = queue_id` and `message.mta_hostname` equal to `mta_hostname`, or
 --   beginning with it and a dot (Postfix's maillog_file writes myhostname's first label; the
---   gateway records the whole {j}). Retention deletes a message's delivery rows with it, and
---   prunes deliveries older than the longest message retention.
+--   gateway records the whole {j}). Retention prunes the rows of an instance logged before
+--   the message cut-off (`archive-retention-message`), by `log_time`.
 -- * `recipient`, `orig_to` as Postfix logged them (without angle brackets); `reason` the text in
 --   parentheses after the status; `delay` seconds (NULL when not logged); times UTC.
 
@@ -40,6 +40,7 @@ CREATE TABLE message_delivery (
     -- "where is the mail to X?"
     KEY message_delivery_recipient (recipient, log_time),
     KEY message_delivery_status_time (status, log_time),
-    KEY message_delivery_log_time (log_time),
+    -- retention, per instance
+    KEY message_delivery_instance_time (cluegetter_instance, log_time),
     CONSTRAINT message_delivery_instance_fk FOREIGN KEY (cluegetter_instance) REFERENCES instance (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
