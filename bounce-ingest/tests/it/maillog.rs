@@ -220,3 +220,44 @@ async fn with_the_broker_away_nothing_is_recorded_and_everything_is_published_la
     follower.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn maillog_dash_reads_a_pipe_to_its_end_with_the_real_binary() {
+    use tokio::io::AsyncWriteExt as _;
+    let broker = TestBroker::new().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_bounce-ingest"));
+    command
+        .args(["maillog", "-"])
+        .env_clear()
+        .env("CLUEGETTER_BROKER__URL", &broker.url)
+        .env(
+            "CLUEGETTER_BOUNCE_INGEST__MAILLOG_METRICS_LISTEN",
+            "127.0.0.1:0",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // journalctl -o short-iso, the last line without its newline
+    let text = format!(
+        "-- Journal begins --\n{}{}",
+        line("4jjxMg5k8dz1SST9", "a@example.net", "sent"),
+        line("4jjxMg5k8dz1SST9", "b@example.net", "bounced").trim_end()
+    );
+    input.write_all(text.as_bytes()).await.unwrap();
+    drop(input);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        recipients(&drain(&broker, Duration::from_secs(1)).await),
+        ["a@example.net", "b@example.net"]
+    );
+}
