@@ -566,29 +566,19 @@ pub async fn node_kill(lab: &mut Lab) -> Result<Accounting> {
 /// go silent (no close comes through), the processes find them dead by the AMQP heartbeat and
 /// move on; the node pauses (`pause_minority`), is healed, and rejoins.
 pub async fn partition(lab: &mut Lab) -> Result<Accounting> {
-    killed_node_run(
-        lab,
-        "rabbit-partition",
-        "CNP",
-        Fault::Partition,
-        async |_| Ok((1, "where the processes are; cut off by iptables".to_owned())),
-    )
+    killed_node_run(lab, "rabbit-partition", "CNP", Fault::Partition, async |_| {
+        Ok((1, "where the processes are; cut off by iptables".to_owned()))
+    })
     .await
 }
 
 /// `kill -9` of the node that leads the archive queue: a new leader is elected among the
 /// other two; the processes see channel errors and reconnect where needed.
 pub async fn leader_kill(lab: &mut Lab) -> Result<Accounting> {
-    killed_node_run(
-        lab,
-        "audit-leader-kill9",
-        "CLK",
-        Fault::Kill9,
-        async |lab| {
-            let leader = lab.cluster(|c| c.leader(2, AUDIT_QUEUE)).await?;
-            Ok((leader, format!("leader of {AUDIT_QUEUE}")))
-        },
-    )
+    killed_node_run(lab, "audit-leader-kill9", "CLK", Fault::Kill9, async |lab| {
+        let leader = lab.cluster(|c| c.leader(2, AUDIT_QUEUE)).await?;
+        Ok((leader, format!("leader of {AUDIT_QUEUE}")))
+    })
     .await
 }
 
