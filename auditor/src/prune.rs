@@ -2,7 +2,8 @@
 //! `archive-prune-interval`, this instance's rows older than their `archive-retention-*` are
 //! deleted, a kind at a time and in that order: body chunks, headers, module results, quota
 //! tally rows, recipient links and messages, then sessions left without messages, then
-//! recipient addresses no message refers to. A kind whose retention is below
+//! recipient addresses no message refers to; and, with `[reputation]` enabled, the reputation
+//! counters of days before the window (shared by every instance). A kind whose retention is below
 //! `archive-retention-safeguard` is never pruned. A run stops at the first SQL error; the next
 //! run starts over.
 //!
@@ -43,6 +44,9 @@ pub struct Retention {
     pub header: Duration,
     pub body: Duration,
     pub safeguard: Duration,
+    /// `[reputation] window` when the module is enabled: counter days older than it go (they
+    /// are no instance's, and not archive rows: the safeguard does not apply).
+    pub reputation_window: Option<Duration>,
 }
 
 impl Retention {
@@ -54,7 +58,17 @@ impl Retention {
             header: auditor.archive_retention_header,
             body: auditor.archive_retention_body,
             safeguard: auditor.archive_retention_safeguard,
+            reputation_window: config
+                .reputation
+                .enabled
+                .then_some(config.reputation.window),
         }
+    }
+
+    /// The first day of reputation counters kept at `now`: the first day the window overlaps.
+    fn reputation_first_day(&self, now: DateTime<Utc>) -> Option<chrono::NaiveDate> {
+        let window = chrono::Duration::from_std(self.reputation_window?).ok()?;
+        Some(now.checked_sub_signed(window)?.date_naive())
     }
 
     /// The time before which rows of a kind with this retention go; `None` when the kind is
@@ -82,6 +96,8 @@ pub struct Pruned {
     pub recipient: u64,
     /// Delivery lines of Postfix's log (schema/0011) logged before the message cut-off.
     pub message_delivery: u64,
+    /// Reputation counter days older than `[reputation] window`.
+    pub reputation_count: u64,
 }
 
 impl Pruned {
@@ -95,6 +111,7 @@ impl Pruned {
             + self.session
             + self.recipient
             + self.message_delivery
+            + self.reputation_count
     }
 }
 
@@ -208,6 +225,9 @@ impl Pruner {
             .fetch_optional(&self.pool)
             .await
             .map_err(sql("instance"))?;
+        if let Some(first_day) = self.retention.reputation_first_day(now) {
+            pruned.reputation_count = self.reputation_days(first_day, shutdown).await?;
+        }
         let Some(instance) = instance else {
             // no event of this instance was ever stored
             return Ok(pruned);
@@ -237,6 +257,31 @@ impl Pruner {
             pruned.message_delivery = self.deliveries(instance, cutoff, shutdown).await?;
         }
         Ok(pruned)
+    }
+
+    /// Reputation counter rows of days before `first_day` (by the `day` index).
+    async fn reputation_days(
+        &self,
+        first_day: chrono::NaiveDate,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PruneError> {
+        const TABLE: &str = "reputation_count";
+        let mut total = 0;
+        loop {
+            let rows = sqlx::query("DELETE FROM reputation_count WHERE day < ? LIMIT ?")
+                .bind(first_day)
+                .bind(self.batch as u64)
+                .execute(&self.pool)
+                .await
+                .map_err(sql(TABLE))?
+                .rows_affected();
+            Self::count(TABLE, rows);
+            total += rows;
+            if rows < self.batch as u64 {
+                return Ok(total);
+            }
+            self.pause(shutdown).await?;
+        }
     }
 
     /// Pauses between batches; `Err(Stopped)` on shutdown.
@@ -578,6 +623,7 @@ mod tests {
             header: Duration::ZERO,
             body: week * 2,
             safeguard: Duration::from_secs(610_848),
+            reputation_window: None,
         };
         let now = Utc::now();
         assert_eq!(retention.cutoff(retention.message_result, now), None);

@@ -12,12 +12,14 @@
 //!   [`ModuleError`](module::ModuleError).
 //! - [`modules`]: one file or folder per check module (`rspamd`, `quotas`, `greylisting`,
 //!   `spamassassin` with its spamd client, `clamav` with its clamd client, `srs` with the
-//!   scheme, PostSRSd's secrets file and `[srs]`'s rules, `geoip` with its MaxMind reader);
-//!   `modules/mod.rs` alone knows the whole set.
+//!   scheme, PostSRSd's secrets file and `[srs]`'s rules, `geoip` with its MaxMind reader,
+//!   `reputation` reading the auditor's counters; `spf.rs` the SPF resolver greylisting and
+//!   reputation share); `modules/mod.rs` alone knows the whole set.
 //! - [`settle`]: when the quotas module is served, the consumer of `cluegetter.quotas.settle`
 //!   that keeps or releases its reservations from the audit events.
 //! - [`quota_cli`]: `check-workers quota show|import`, the operator's view of the quota tables.
 //! - [`geoip_cli`]: `check-workers geoip show|forget`, the geoip module's history of a login.
+//! - [`reputation_cli`]: `check-workers reputation show`, a factor value's counts and score.
 //!
 //! **Architecture invariant:** modules know nothing of RabbitMQ, acks or timeouts, and the
 //! worker knows no module; no verdict is made here (the gateway decides). Only `wire` defines
@@ -27,6 +29,7 @@ pub mod geoip_cli;
 pub mod module;
 pub mod modules;
 pub mod quota_cli;
+pub mod reputation_cli;
 pub mod settle;
 pub mod worker;
 

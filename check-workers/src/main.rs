@@ -1,6 +1,7 @@
 //! `check-workers`: flags, configuration, logging, metrics and signals; then
-//! [`check_workers::run`]. `check-workers quota …` and `check-workers geoip …` run an operator
-//! command instead ([`check_workers::quota_cli`], [`check_workers::geoip_cli`]).
+//! [`check_workers::run`]. `check-workers quota …`, `check-workers geoip …` and
+//! `check-workers reputation …` run an operator command instead ([`check_workers::quota_cli`],
+//! [`check_workers::geoip_cli`], [`check_workers::reputation_cli`]).
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ enum Command {
     /// The geoip module's history: show or forget a login's countries.
     #[command(subcommand)]
     Geoip(check_workers::geoip_cli::GeoipCommand),
+    /// The reputation counters: show a factor value's counts and the score they give.
+    #[command(subcommand)]
+    Reputation(check_workers::reputation_cli::ReputationCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,12 @@ fn main() -> ExitCode {
             platform::cli::run("check-workers geoip", &args.common, async |config| {
                 let mut stdout = std::io::stdout().lock();
                 check_workers::geoip_cli::run(&config, command, &mut stdout).await
+            })
+        }
+        Some(Command::Reputation(command)) => {
+            platform::cli::run("check-workers reputation", &args.common, async |config| {
+                let mut stdout = std::io::stdout().lock();
+                check_workers::reputation_cli::run(&config, command, &mut stdout).await
             })
         }
         None => platform::cli::run("check-workers", &args.common, |config| {

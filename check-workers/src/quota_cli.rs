@@ -136,8 +136,13 @@ pub fn render(shown: &Shown) -> String {
         }
         for period in &quota.periods {
             text.push_str(&format!(
-                "  {} of {} in the last {} seconds (kept {}, reserved {}; {} in expired reservations not counted)\n",
-                period.used, period.curb, period.period, period.kept, period.reserved, period.expired
+                "  {} of {} in {} (kept {}, reserved {}; {} in expired reservations not counted)\n",
+                period.used,
+                period.curb,
+                platform::quotas::last_period(u64::from(period.period)),
+                period.kept,
+                period.reserved,
+                period.expired
             ));
         }
     }

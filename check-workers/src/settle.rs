@@ -39,6 +39,8 @@ pub use platform::broker::SETTLE_QUEUE;
 pub const METRIC_SETTLED: &str = "cluegetter_quota_settled_total";
 /// Settle attempts the database failed.
 pub const METRIC_SETTLE_ERRORS: &str = "cluegetter_quota_settle_errors_total";
+/// Tally rows a race between database nodes left reserved, settled by the periodic reconcile.
+pub const METRIC_RECONCILED: &str = "cluegetter_quota_reservations_reconciled_total";
 
 /// Events handled at once per process.
 const PREFETCH: u16 = 32;
@@ -62,10 +64,15 @@ pub fn describe_metrics() {
         METRIC_SETTLE_ERRORS,
         "Settle attempts that failed in the database (retried)"
     );
+    metrics::describe_counter!(
+        METRIC_RECONCILED,
+        "Quota tally rows left reserved by a race between database nodes, settled later from the remembered verdict"
+    );
 }
 
 /// Consumes the settle queue until `shutdown`, reconnecting whenever the broker goes away, and
-/// prunes old remembered verdicts every few minutes. Cancels `ready` once the queue is declared.
+/// every 30 s settles what a race between database nodes left reserved and prunes old
+/// remembered verdicts. Cancels `ready` once the queue is declared.
 pub async fn serve(
     settings: &SettleSettings,
     settler: &Settler,
@@ -131,9 +138,16 @@ async fn session(
                 let settler = Arc::clone(settler);
                 in_flight.spawn(async move {
                     match settler.prune().await {
-                        Ok(0) => {}
-                        Ok(pruned) => tracing::debug!(pruned, "pruned remembered quota verdicts"),
-                        Err(error) => tracing::warn!(error = %error_chain(&error), "cannot prune remembered quota verdicts"),
+                        Ok((reconciled, pruned)) => {
+                            if reconciled > 0 {
+                                tracing::warn!(reconciled, "settled quota reservations a race between database nodes left reserved");
+                                metrics::counter!(METRIC_RECONCILED).increment(reconciled);
+                            }
+                            if pruned > 0 {
+                                tracing::debug!(pruned, "pruned remembered quota verdicts");
+                            }
+                        }
+                        Err(error) => tracing::warn!(error = %error_chain(&error), "cannot reconcile or prune remembered quota verdicts"),
                     }
                 });
                 continue;

@@ -644,6 +644,7 @@ async fn bind(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 

@@ -11,10 +11,12 @@
 //! - [`cli`]: the flags every binary takes and the steps every `main` runs.
 //! - [`telemetry`]: logging and the Prometheus endpoint for the binaries.
 //! - [`quotas`]: the quota selectors, which check-workers counts by and the auditor shows.
+//! - [`reputation`]: the reputation factors, their values and how a recorded message counts,
+//!   which check-workers looks up and the auditor counts.
 //!
 //! **Architecture invariant**: `platform` depends on no process crate; it knows nothing of
 //! milter or the archive's tables, and of the modules only their configuration and the closed
-//! sets that two processes share (quota selectors).
+//! sets that two processes share (quota selectors, reputation factors).
 
 use std::error::Error as StdError;
 
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod quotas;
+pub mod reputation;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,5 +1,5 @@
 //! The quotas module's closed sets that more than one process knows: the selectors
-//! (`quota.selector`). check-workers counts by them; the auditor's quota page and API offer and
+//! (`quota.selector`), and how a period reads (`last_period`). check-workers counts by them; the auditor's quota page and API offer and
 //! parse them. They never cross the broker, so they are not `wire`'s.
 
 use std::fmt;
@@ -71,9 +71,39 @@ impl FromStr for Selector {
     }
 }
 
+/// A quota period as words, for "5 of 5 in the last hour": `the last hour`, `the last 2
+/// hours`, `the last day`, `the last 90 minutes`, `the last 45 seconds` (the largest unit that
+/// divides it).
+pub fn last_period(seconds: u64) -> String {
+    let (count, unit) = match seconds {
+        0 => return "no time".to_owned(),
+        s if s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s % 3600 == 0 => (s / 3600, "hour"),
+        s if s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    if count == 1 {
+        format!("the last {unit}")
+    } else {
+        format!("the last {count} {unit}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_read_as_words() {
+        assert_eq!(last_period(3600), "the last hour");
+        assert_eq!(last_period(7200), "the last 2 hours");
+        assert_eq!(last_period(86_400), "the last day");
+        assert_eq!(last_period(7 * 86_400), "the last 7 days");
+        assert_eq!(last_period(5400), "the last 90 minutes");
+        assert_eq!(last_period(60), "the last minute");
+        assert_eq!(last_period(45), "the last 45 seconds");
+        assert_eq!(last_period(0), "no time");
+    }
 
     #[test]
     fn every_selector_reads_back_from_its_name() {

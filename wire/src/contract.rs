@@ -228,13 +228,14 @@ pub enum ModuleName {
     Greylisting,
     Srs,
     Geoip,
+    Reputation,
     /// A module this build does not know, as it was spelled.
     Unknown(String),
 }
 
 impl ModuleName {
     /// The modules this build knows, in the configuration's order.
-    pub const KNOWN: [ModuleName; 7] = [
+    pub const KNOWN: [ModuleName; 8] = [
         ModuleName::Quotas,
         ModuleName::Rspamd,
         ModuleName::SpamAssassin,
@@ -242,10 +243,11 @@ impl ModuleName {
         ModuleName::Greylisting,
         ModuleName::Srs,
         ModuleName::Geoip,
+        ModuleName::Reputation,
     ];
 
     /// The names of [`ModuleName::KNOWN`], in the same order.
-    pub const KNOWN_NAMES: [&'static str; 7] = [
+    pub const KNOWN_NAMES: [&'static str; 8] = [
         "quotas",
         "rspamd",
         "spamassassin",
@@ -253,6 +255,7 @@ impl ModuleName {
         "greylisting",
         "srs",
         "geoip",
+        "reputation",
     ];
 
     /// `name` as this build knows it (exactly as the wire and the configuration spell it), or
@@ -266,6 +269,7 @@ impl ModuleName {
             "greylisting" => Self::Greylisting,
             "srs" => Self::Srs,
             "geoip" => Self::Geoip,
+            "reputation" => Self::Reputation,
             other => Self::Unknown(other.to_owned()),
         }
     }
@@ -280,6 +284,7 @@ impl ModuleName {
             Self::Greylisting => "greylisting",
             Self::Srs => "srs",
             Self::Geoip => "geoip",
+            Self::Reputation => "reputation",
             Self::Unknown(name) => name,
         }
     }
@@ -1059,9 +1064,9 @@ mod tests {
             assert_eq!(&ModuleName::parse(name), module);
             assert!(module.is_known());
         }
-        let newer = ModuleName::parse("reputation");
-        assert_eq!(newer, ModuleName::Unknown("reputation".to_owned()));
-        assert_eq!(newer.to_string(), "reputation");
+        let newer = ModuleName::parse("dmarc");
+        assert_eq!(newer, ModuleName::Unknown("dmarc".to_owned()));
+        assert_eq!(newer.to_string(), "dmarc");
         assert!(!newer.is_known());
         // the wire spells names exactly: another case is another (unknown) module
         assert!(!ModuleName::parse("RSPAMD").is_known());
@@ -1071,12 +1076,12 @@ mod tests {
     /// strings on the wire, so a newer worker never makes an older process dead-letter.
     #[test]
     fn a_result_of_an_unknown_module_decodes() {
-        let result = CheckResult::error(MessageId::new(), "reputation", "x");
+        let result = CheckResult::error(MessageId::new(), "dmarc", "x");
         let json = serde_json::to_vec(&result).unwrap();
         let back: CheckResult = serde_json::from_slice(&json).unwrap();
         assert_eq!(
             ModuleName::parse(&back.module),
-            ModuleName::Unknown("reputation".into())
+            ModuleName::Unknown("dmarc".into())
         );
     }
 

@@ -86,6 +86,9 @@ pub struct Kinds {
     pub results: bool,
     /// Only when the gateway sent the body at all.
     pub bodies: bool,
+    /// The reputation counters (`reputation_count`), with `client_network`'s prefixes: when
+    /// `[reputation] enabled`.
+    pub reputation: Option<platform::reputation::Prefixes>,
 }
 
 impl Kinds {
@@ -93,6 +96,7 @@ impl Kinds {
         headers: true,
         results: true,
         bodies: true,
+        reputation: None,
     };
 
     pub fn from_config(config: &platform::config::Config) -> Self {
@@ -101,6 +105,10 @@ impl Kinds {
             headers: !auditor.archive_retention_header.is_zero(),
             results: !auditor.archive_retention_message_result.is_zero(),
             bodies: !auditor.archive_retention_body.is_zero(),
+            reputation: config
+                .reputation
+                .enabled
+                .then(|| config.reputation.prefixes()),
         }
     }
 }

@@ -106,7 +106,7 @@ pub struct DetRow {
     pub value: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModuleResult {
     pub module: String,
     /// What the module suggested, as it sent it.
@@ -160,6 +160,108 @@ fn counted(
         "muted"
     };
     (Some(counted.as_str().to_owned()), gave_reason, badge)
+}
+
+/// One factor value of the reputation module's determinants (`factors[]`), as its table shows
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReputationRow {
+    pub factor: String,
+    pub value: String,
+    pub messages: String,
+    pub rejected: String,
+    pub tempfailed: String,
+    pub permitted: String,
+    pub ratio: String,
+    pub mean_reject_score: String,
+    /// `—` when the value had too few judged messages to be scored.
+    pub score: String,
+}
+
+impl ModuleResult {
+    /// The reputation module's counts per factor value (empty for other modules).
+    pub fn reputation_rows(&self) -> Vec<ReputationRow> {
+        if self.module != "reputation" {
+            return Vec::new();
+        }
+        let number = |v: &serde_json::Value| match v.as_f64() {
+            Some(x) if v.is_u64() || v.is_i64() => format!("{x}"),
+            Some(x) => format!("{x:.2}"),
+            None => "—".to_owned(),
+        };
+        let factors = self.determinants["factors"].as_array();
+        factors
+            .into_iter()
+            .flatten()
+            .map(|f| ReputationRow {
+                factor: f["factor"].as_str().unwrap_or_default().to_owned(),
+                value: f["value"].as_str().unwrap_or_default().to_owned(),
+                messages: number(&f["messages"]),
+                rejected: number(&f["rejected"]),
+                tempfailed: number(&f["tempfailed"]),
+                permitted: number(&f["permitted"]),
+                ratio: number(&f["refused_ratio"]),
+                mean_reject_score: number(&f["mean_reject_score"]),
+                score: number(&f["score"]),
+            })
+            .collect()
+    }
+}
+
+/// One rspamd symbol or spamassassin rule that scored, as the compact table shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleRow {
+    pub name: String,
+    pub score: f64,
+    pub description: String,
+    /// rspamd's options, comma-separated (what the symbol matched).
+    pub options: String,
+}
+
+/// Where a scanner keeps its scored rules in its determinants, and the key of a rule's name:
+/// rspamd's `symbols[].name`, spamassassin's `report[].symbol`.
+fn rules_of<'d>(
+    module: &str,
+    determinants: &'d serde_json::Value,
+) -> Option<(&'static str, (&'d Vec<serde_json::Value>, &'static str))> {
+    let (key, name) = match module {
+        "rspamd" => ("symbols", "name"),
+        "spamassassin" => ("report", "symbol"),
+        _ => return None,
+    };
+    determinants
+        .get(key)
+        .and_then(serde_json::Value::as_array)
+        .map(|rules| (key, (rules, name)))
+}
+
+impl ModuleResult {
+    /// The scanner's rules (rspamd symbols, spamassassin rules), highest score first (ties by
+    /// name); empty for other modules.
+    pub fn rule_rows(&self) -> Vec<RuleRow> {
+        let Some((_, (rules, name))) = rules_of(&self.module, &self.determinants) else {
+            return Vec::new();
+        };
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let mut rows: Vec<RuleRow> = rules
+            .iter()
+            .map(|rule| RuleRow {
+                name: text(&rule[name]),
+                score: rule["score"].as_f64().unwrap_or(0.0),
+                description: text(&rule["description"]),
+                options: rule["options"]
+                    .as_array()
+                    .map(|o| o.iter().map(scalar_text).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        rows
+    }
 }
 
 /// An envelope change a module made, as the srs module's determinants tell it: the sender
@@ -260,7 +362,17 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<MessageDetail, WebError>
         .map(|r| {
             let determinants = serde_json::from_str(&r.determinants)
                 .unwrap_or(serde_json::Value::String(r.determinants.clone()));
-            let rows = flatten(&determinants);
+            // the scanners' rules show as their own table (`rule_rows`), not once more here
+            let rows = match rules_of(&r.module, &determinants) {
+                Some((key, _)) => {
+                    let mut rest = determinants.clone();
+                    if let Some(object) = rest.as_object_mut() {
+                        object.remove(key);
+                    }
+                    flatten(&rest)
+                }
+                None => flatten(&determinants),
+            };
             let (counted_as, gave_reason, badge) = counted(
                 &r.verdict,
                 r.score,
@@ -674,6 +786,95 @@ mod tests {
             counted("tempfail", 100.0, false, over, "tempfail", over),
             (Some("tempfail".to_owned()), true, "tempfail")
         );
+    }
+
+    #[test]
+    fn the_reputation_module_s_counts_read_as_a_table() {
+        let determinants = serde_json::json!({"factors": [
+            {"factor": "client_address", "value": "198.51.100.50", "messages": 13,
+             "rejected": 12, "tempfailed": 0, "permitted": 0, "judged": 12,
+             "refused_ratio": 1.0, "mean_reject_score": 15.5, "score": 8.0},
+            {"factor": "sasl_username", "value": "alice", "messages": 1, "rejected": 0,
+             "tempfailed": 0, "permitted": 1, "refused_ratio": 0.0, "mean_reject_score": 0.0,
+             "score": null},
+        ]});
+        let result = ModuleResult {
+            module: "reputation".to_owned(),
+            suggested: "reject".to_owned(),
+            counted_as: Some("reject".to_owned()),
+            gave_reason: true,
+            badge: "reject",
+            score: 8.0,
+            weighted_score: 8.0,
+            duration_ms: 1.0,
+            message: String::new(),
+            late: false,
+            rows: flatten(&determinants),
+            determinants,
+        };
+        let rows = result.reputation_rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].value.as_str(),
+                rows[0].messages.as_str(),
+                rows[0].ratio.as_str()
+            ),
+            ("198.51.100.50", "13", "1.00")
+        );
+        assert_eq!(rows[0].score, "8.00");
+        assert_eq!(rows[1].score, "—");
+        let other = ModuleResult {
+            module: "rspamd".to_owned(),
+            ..result
+        };
+        assert!(other.reputation_rows().is_empty());
+    }
+
+    #[test]
+    fn scanner_rules_read_as_a_table_highest_score_first() {
+        let determinants = serde_json::json!({
+            "score": 6.5,
+            "symbols": [
+                { "name": "R_SPF_ALLOW", "score": -0.2, "description": "SPF ok", "options": ["+ip4"] },
+                { "name": "GTUBE", "score": 0.0, "description": null, "options": [] },
+                { "name": "BAYES_SPAM", "score": 5.1, "description": "Bayes", "options": ["97%", 1] },
+            ]
+        });
+        let result = ModuleResult {
+            module: "rspamd".to_owned(),
+            suggested: "reject".to_owned(),
+            counted_as: Some("reject".to_owned()),
+            gave_reason: false,
+            badge: "reject",
+            score: 6.5,
+            weighted_score: 6.5,
+            duration_ms: 1.0,
+            message: String::new(),
+            late: false,
+            rows: Vec::new(),
+            determinants,
+        };
+        let rows = result.rule_rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["BAYES_SPAM", "GTUBE", "R_SPF_ALLOW"]);
+        assert_eq!(rows[0].options, "97%, 1");
+        assert_eq!(rows[2].score, -0.2);
+        let spamassassin = ModuleResult {
+            module: "spamassassin".to_owned(),
+            determinants: serde_json::json!({ "report": [
+                { "score": 0.8, "symbol": "RDNS_NONE", "description": "no rDNS" },
+                { "score": 1000.0, "symbol": "GTUBE", "description": "test" },
+            ]}),
+            ..result.clone()
+        };
+        let rows = spamassassin.rule_rows();
+        assert_eq!((rows[0].name.as_str(), rows[0].score), ("GTUBE", 1000.0));
+        let other = ModuleResult {
+            module: "quotas".to_owned(),
+            ..result
+        };
+        assert!(other.rule_rows().is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! What the pages read is `crate::store::read`'s: typed rows from SQL built with bind
 //! parameters only; the pages validate the query string and render.
 //!
-//! Security: every route but `/login` and `/style.css` needs a session cookie or a bearer
+//! Security: every route but `/login`, `/style.css` and the favicon needs a session cookie or a bearer
 //! token; every response carries a CSP without inline scripts or styles; templates are askama
 //! (autoescaped); no debug endpoints. `/metrics` stays on `metrics-listen`, outside this server.
 
@@ -110,6 +110,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/login", get(login::login_page).post(login::login))
         .route("/style.css", get(style))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .merge(guarded)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -216,6 +218,18 @@ async fn sweep_every(state: AppState, interval: Duration, shutdown: Cancellation
 }
 
 const CSS: &str = include_str!("../../templates/style.css");
+const FAVICON: &str = include_str!("../../templates/favicon.svg");
+
+/// The icon, as SVG for `/favicon.ico` too (browsers take an SVG there).
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        FAVICON,
+    )
+}
 
 async fn style() -> impl IntoResponse {
     (

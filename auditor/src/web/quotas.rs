@@ -58,6 +58,8 @@ fn selector_schema() -> Object {
 pub struct PeriodUsage {
     pub period_secs: u32,
     pub period: String,
+    /// "5 of 5 in the last hour"
+    pub usage: String,
     pub curb: u32,
     pub used: i64,
     pub over: bool,
@@ -296,6 +298,10 @@ async fn usage(
         usages.push(PeriodUsage {
             period_secs: period,
             period: fmt_period(period),
+            usage: format!(
+                "{used} of {curb} in {}",
+                platform::quotas::last_period(u64::from(period))
+            ),
             curb,
             used,
             over: used >= i64::from(curb),

@@ -279,16 +279,50 @@ async fn a_browser_logs_in_searches_opens_the_message_and_sees_its_results() {
     // the hostile header is text, not a script (an alert would also fail the next command)
     assert!(!html.contains(XSS_SCRIPT));
     let message_shot = browser.screenshot("message").await;
+    let message_url = browser.url().await;
 
     browser.goto(&format!("{base}/stats")).await;
     let html = browser.source().await;
     assert!(html.contains("<svg"), "charts drawn");
     let stats_shot = browser.screenshot("stats").await;
 
+    // a laptop's 1,366 px and a phone's 390 px: no page scrolls sideways
+    let mut narrow_shots = Vec::new();
+    for (width, height, name) in [(1366, 768, "laptop"), (390, 844, "phone")] {
+        browser
+            .post("/window/rect", json!({ "width": width, "height": height }))
+            .await;
+        for (page, url) in [
+            ("search", format!("{base}/messages")),
+            ("message", message_url.clone()),
+            ("stats", format!("{base}/stats")),
+        ] {
+            browser.goto(&url).await;
+            let sizes = browser
+                .post(
+                    "/execute/sync",
+                    json!({
+                        "script": "return [document.documentElement.scrollWidth, window.innerWidth];",
+                        "args": []
+                    }),
+                )
+                .await;
+            let (scroll, inner) = (sizes[0].as_u64().unwrap(), sizes[1].as_u64().unwrap());
+            assert!(
+                scroll <= inner,
+                "the {page} page is {scroll} px wide in a {inner} px window ({name})"
+            );
+            narrow_shots.push(browser.screenshot(&format!("{page}-{name}")).await);
+        }
+    }
+
     browser.quit().await;
     web.cancel();
     auditor.stop().await;
-    for shot in [search_shot, message_shot, stats_shot] {
+    for shot in [search_shot, message_shot, stats_shot]
+        .into_iter()
+        .chain(narrow_shots)
+    {
         assert!(std::fs::metadata(&shot).unwrap().len() > 5_000, "{shot:?}");
     }
 }

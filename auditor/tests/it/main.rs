@@ -14,6 +14,7 @@ mod idempotence;
 mod migrations;
 mod poison;
 mod prune;
+mod reputation;
 mod support;
 mod web;
 mod web_auth;

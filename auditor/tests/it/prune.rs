@@ -157,6 +157,7 @@ async fn rows_older_than_their_retention_are_pruned_per_kind_for_this_instance_o
             // only-here@example.net
             recipient: 1,
             message_delivery: 0,
+            reputation_count: 0,
         }
     );
     assert_eq!(
@@ -208,6 +209,7 @@ async fn retentions_below_the_safeguard_prune_nothing() {
         header: Duration::ZERO,
         body: week,
         safeguard: Duration::from_secs(610_848),
+        reputation_window: None,
     };
     let pruned = Pruner::new(pool.clone(), "default", retention)
         .prune_once(Utc::now(), &CancellationToken::new())
@@ -230,7 +232,8 @@ async fn a_retention_of_zero_stores_none_of_that_kind() {
         Kinds {
             headers: false,
             results: true,
-            bodies: false
+            bodies: false,
+            reputation: None,
         }
     );
     let event = support::event();

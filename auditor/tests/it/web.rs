@@ -331,7 +331,7 @@ async fn unauthenticated_requests_get_a_redirect_or_401_everywhere() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
     // the public ones carry the security headers
-    for path in ["/login", "/style.css"] {
+    for path in ["/login", "/style.css", "/favicon.svg", "/favicon.ico"] {
         let response = env.client.get(env.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let csp = response.headers()["content-security-policy"]
@@ -604,6 +604,52 @@ async fn every_search_filter_finds_exactly_its_messages() {
         "filters kept in links"
     );
     assert!(html.contains("rel=\"next\""));
+}
+
+/// "Decided by module" finds the messages a module's result made the verdict of; "module
+/// suggested" finds every message it suggested a refusal for, whatever the verdict: rspamd's
+/// reject score on a permitted message is the second, not the first, and a quota tempfail is
+/// found by the first.
+#[tokio::test]
+async fn decided_by_module_and_module_suggested_are_separate_filters() {
+    let env = WebEnv::new().await;
+    // rspamd's 12.5 (weighted 6.25 ≥ 5) rejected it
+    let mut rejected = support::event();
+    rejected.message.queue_id = "QD1".into();
+    // rspamd suggested reject with 2 (weighted 1), and the message was permitted
+    let mut permitted = support::event();
+    permitted.message.queue_id = "QD2".into();
+    permitted.verdict.verdict = wire::Action::Permit;
+    permitted.verdict.reject_score = 1.0;
+    permitted.results[0].result.score = 2.0;
+    permitted.results[0].weighted_score = 1.0;
+    // the quotas module tempfailed it
+    let mut over_quota = support::event();
+    over_quota.message.queue_id = "QD3".into();
+    over_quota.verdict.verdict = wire::Action::Tempfail;
+    over_quota.verdict.reject_score = 0.0;
+    over_quota.verdict.tempfail_score = 50.0;
+    over_quota.results = vec![support::result(
+        over_quota.message_id,
+        "quotas",
+        wire::Action::Tempfail,
+        100.0,
+        serde_json::json!({}),
+        false,
+    )];
+    env.store(&[rejected, permitted, over_quota]).await;
+    let cases: &[(&str, &[&str])] = &[
+        ("module=rspamd", &["QD1"]),
+        ("suggested=rspamd", &["QD1", "QD2"]),
+        ("module=quotas", &["QD3"]),
+        ("suggested=quotas", &["QD3"]),
+        ("module=spamassassin", &[]),
+        ("module=rspamd&suggested=rspamd", &["QD1"]),
+    ];
+    for (query, expected) in cases {
+        let json = env.api_json(&format!("/api/v1/messages?{query}")).await;
+        assert_eq!(queue_ids(&json), *expected, "{query}");
+    }
 }
 
 #[tokio::test]

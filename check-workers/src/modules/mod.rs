@@ -12,8 +12,10 @@ pub mod clamav;
 pub mod geoip;
 pub mod greylisting;
 pub mod quotas;
+pub mod reputation;
 pub mod rspamd;
 pub mod spamassassin;
+pub mod spf;
 pub mod srs;
 
 /// Builds the module `name` from its configuration section.
@@ -56,6 +58,12 @@ pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Module>, BuildError>
                 source,
             }
         })?)),
+        ModuleName::Reputation => Ok(Arc::new(reputation::Reputation::new(config).map_err(
+            |source| BuildError::Client {
+                module: reputation::NAME,
+                source,
+            },
+        )?)),
         ModuleName::Unknown(other) => Err(BuildError::Unknown(other)),
     }
 }

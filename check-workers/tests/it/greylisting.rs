@@ -7,8 +7,6 @@
 //! Greylisting periods are measured by the database's clock, which a test cannot pause: the
 //! tests use periods of a second or two and retry until the period has passed.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -19,7 +17,7 @@ use wire::{Action, CheckRequest, CheckResult};
 use check_workers::module::{Module as _, error_chain};
 use check_workers::modules::greylisting::{GREYLISTED_MESSAGE, Greylisting};
 
-use crate::harness::{Gateway, Workers, median, request};
+use crate::harness::{Dnsmasq, Gateway, Workers, median, request};
 
 const REPLY_WITHIN: Duration = Duration::from_secs(15);
 const STOP_WITHIN: Duration = Duration::from_secs(15);
@@ -285,77 +283,6 @@ async fn authenticated_whitelisted_and_addressless_clients_are_never_greylisted(
     }
     assert_eq!(count(&db, "greylist_triplet").await, 0);
     assert_eq!(count(&db, "greylist_whitelist").await, 0);
-}
-
-/// A `dnsmasq` of the test's own on 127.0.0.1, serving TXT records; stopped on drop.
-struct Dnsmasq {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Dnsmasq {
-    async fn start(txt_records: &[(&str, &str)]) -> Self {
-        for _ in 0..5 {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut command = Command::new(if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
-                "/usr/sbin/dnsmasq"
-            } else {
-                "dnsmasq"
-            });
-            command
-                .args([
-                    "--keep-in-foreground",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--conf-file=/dev/null",
-                    "--bind-interfaces",
-                    "--listen-address=127.0.0.1",
-                    "--user=root",
-                    "--pid-file=",
-                ])
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            for (name, text) in txt_records {
-                // no quotes: on the command line dnsmasq would keep them in the record
-                command.arg(format!("--txt-record={name},{text}"));
-            }
-            let mut child = command
-                .spawn()
-                .expect("run dnsmasq (scripts/start-peers.sh tools installs dnsmasq-base)");
-            let address = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let up = loop {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break false;
-                }
-                if tokio::net::TcpStream::connect(address).await.is_ok() {
-                    break true;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "dnsmasq does not listen on {address}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            if up {
-                return Self { child, address };
-            }
-            // the port was taken after all; try another
-        }
-        panic!("cannot start dnsmasq");
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The test's side of the broker (it plays the gateway) and request builders.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -277,5 +278,76 @@ pub fn median(mut values: Vec<f64>) -> f64 {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// A `dnsmasq` of the test's own on 127.0.0.1, serving TXT records; stopped on drop.
+pub struct Dnsmasq {
+    child: Child,
+    pub address: SocketAddr,
+}
+
+impl Dnsmasq {
+    pub async fn start(txt_records: &[(&str, &str)]) -> Self {
+        for _ in 0..5 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut command = Command::new(if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+                "/usr/sbin/dnsmasq"
+            } else {
+                "dnsmasq"
+            });
+            command
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--conf-file=/dev/null",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--user=root",
+                    "--pid-file=",
+                ])
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (name, text) in txt_records {
+                // no quotes: on the command line dnsmasq would keep them in the record
+                command.arg(format!("--txt-record={name},{text}"));
+            }
+            let mut child = command
+                .spawn()
+                .expect("run dnsmasq (scripts/start-peers.sh tools installs dnsmasq-base)");
+            let address = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let up = loop {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break false;
+                }
+                if tokio::net::TcpStream::connect(address).await.is_ok() {
+                    break true;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "dnsmasq does not listen on {address}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if up {
+                return Self { child, address };
+            }
+            // the port was taken after all; try another
+        }
+        panic!("cannot start dnsmasq");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -17,6 +17,9 @@
 //! - [`geoip`]: the geoip module with MariaDB and test-made MaxMind files (countries refused
 //!   and not recorded, the window, what is not judged, the operator commands, two workers on
 //!   one login, a database file missing, damaged and replaced).
+//! - [`reputation`]: the reputation module reading counters in MariaDB (scores, factors,
+//!   the window, the sender domain's SPF served by the test's own dnsmasq, the operator
+//!   command, MariaDB down).
 //! - [`srs`]: the SRS scheme against the real PostSRSd 1.x, both ways (its own `postsrsd`
 //!   per test; `scripts/start-peers.sh postsrsd`).
 //! - [`srs_module`]: the srs module through the worker loop (forward, reverse, refusals at
@@ -33,6 +36,7 @@ mod geoip;
 mod greylisting;
 mod harness;
 mod quotas;
+mod reputation;
 mod rspamd;
 mod spamassassin;
 mod srs;

@@ -36,8 +36,8 @@ pub use connections::{BrokerConfig, DatabaseConfig, Urls, redact};
 pub use gateway::{FailAction, GatewayConfig};
 pub use modules::{
     ClamavConfig, ClamdAddress, GeoipAction, GeoipConfig, GreylistingConfig, ModuleSettings,
-    OnError, QuotasConfig, RspamdConfig, SpamAssassinConfig, SrsConfig, SrsRewrite,
-    StageChecksConfig, UnknownCountry, VerdictMsg,
+    OnError, QuotasConfig, ReputationConfig, RspamdConfig, SpamAssassinConfig, SrsConfig,
+    SrsRewrite, StageChecksConfig, UnknownCountry, VerdictMsg,
 };
 
 /// The modules a check worker can serve and the gateway can ask. Group membership and
@@ -88,6 +88,7 @@ pub struct Config {
     pub greylisting: GreylistingConfig,
     pub srs: SrsConfig,
     pub geoip: GeoipConfig,
+    pub reputation: ReputationConfig,
 }
 
 impl Default for Config {
@@ -119,6 +120,7 @@ impl Default for Config {
             greylisting: GreylistingConfig::default(),
             srs: SrsConfig::default(),
             geoip: GeoipConfig::default(),
+            reputation: ReputationConfig::default(),
         }
     }
 }
@@ -134,6 +136,7 @@ impl Config {
             "greylisting" => Some(&self.greylisting),
             "srs" => Some(&self.srs),
             "geoip" => Some(&self.geoip),
+            "reputation" => Some(&self.reputation),
             _ => None,
         }
     }
@@ -233,6 +236,7 @@ impl Config {
         self.greylisting.validate()?;
         self.srs.validate()?;
         self.geoip.validate()?;
+        self.reputation.validate()?;
         self.quotas.validate(self.gateway.message_deadline)?;
         self.auditor.validate()?;
         self.bounce_ingest.validate()?;

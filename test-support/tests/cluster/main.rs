@@ -18,7 +18,12 @@
 //! - `galera-node-kill9`: with `[database] url` = the three Galera nodes, the node the auditor
 //!   writes to (node 1); the books are done on node 2;
 //! - `galera-quota-race`: quotas exact across Galera nodes, four `check-workers` processes (two
-//!   writing to node 1, two to node 2) and eight clients against one curb, five runs.
+//!   writing to node 1, two to node 2) and eight clients against one curb, five runs
+//!   (`CG_QUOTA_RUNS=20` for the longer bench).
+//!
+//! - `cluster-bench`, only when named in `CG_CLUSTER_SCENARIOS`: the same flood on the single
+//!   node and on the clusters, interleaved rounds, throughput and answer-time medians
+//!   (`scenarios/bench.rs`).
 //!
 //! In the first two the archive is a fresh database on the shared MariaDB at 127.0.0.1:3306.
 //!
@@ -92,6 +97,12 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
         "galera-quota-race",
     ]
     .into_iter()
+    // the bench (cluster against single node) only when asked for by name
+    .chain(
+        only.as_deref()
+            .is_some_and(|o| o.split(',').any(|o| o == "cluster-bench"))
+            .then_some("cluster-bench"),
+    )
     .filter(|name| {
         only.as_deref()
             .is_none_or(|only| only.split(',').any(|o| o == *name))
@@ -104,6 +115,7 @@ async fn no_answered_message_is_lost_or_duplicated_when_a_broker_node_dies() {
                 "rabbit-partition" => scenarios::partition(&mut lab).await,
                 "audit-leader-kill9" => scenarios::leader_kill(&mut lab).await,
                 "galera-node-kill9" => scenarios::galera_kill(&mut lab).await,
+                "cluster-bench" => scenarios::cluster_bench(&mut lab).await,
                 _ => scenarios::galera_quota_race(&mut lab).await,
             }
         };

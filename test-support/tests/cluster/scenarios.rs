@@ -21,6 +21,9 @@ use crate::cluster::{Cluster, Node};
 use crate::processes::{Kind, Process, Setup};
 use crate::services::free_port;
 
+mod bench;
+pub use bench::cluster_bench;
+
 /// Messages per scenario, and how fast they come (slower than the single-node test: the
 /// failover should happen while the load goes on).
 const MESSAGES: usize = 3000;
@@ -488,15 +491,18 @@ async fn start_workers(
     }
 }
 
+/// Whether the message was tempfailed: the gateway answers with a reply code (`451 4.7.1 …`),
+/// or a plain tempfail.
+fn is_tempfail(sent: &Sent) -> bool {
+    matches!(sent.reply.as_deref(), Some(r) if r == "tempfail" || r.starts_with('4'))
+}
+
 /// Tempfails, and the longest time without an answer after the kill.
 fn answers_note(sent: &[Sent], killed: Instant, spool_at_kill: usize, failover: &str) -> String {
-    let tempfailed = sent
-        .iter()
-        .filter(|s| s.reply.as_deref() == Some("tempfail"))
-        .count();
+    let tempfailed = sent.iter().filter(|s| is_tempfail(s)).count();
     let tempfailed_after = sent
         .iter()
-        .filter(|s| s.reply.as_deref() == Some("tempfail"))
+        .filter(|s| is_tempfail(s))
         .filter(|s| s.answered_at.is_some_and(|at| at >= killed))
         .count();
     let mut times: Vec<Instant> = sent.iter().filter_map(|s| s.answered_at).collect();
@@ -566,19 +572,29 @@ pub async fn node_kill(lab: &mut Lab) -> Result<Accounting> {
 /// go silent (no close comes through), the processes find them dead by the AMQP heartbeat and
 /// move on; the node pauses (`pause_minority`), is healed, and rejoins.
 pub async fn partition(lab: &mut Lab) -> Result<Accounting> {
-    killed_node_run(lab, "rabbit-partition", "CNP", Fault::Partition, async |_| {
-        Ok((1, "where the processes are; cut off by iptables".to_owned()))
-    })
+    killed_node_run(
+        lab,
+        "rabbit-partition",
+        "CNP",
+        Fault::Partition,
+        async |_| Ok((1, "where the processes are; cut off by iptables".to_owned())),
+    )
     .await
 }
 
 /// `kill -9` of the node that leads the archive queue: a new leader is elected among the
 /// other two; the processes see channel errors and reconnect where needed.
 pub async fn leader_kill(lab: &mut Lab) -> Result<Accounting> {
-    killed_node_run(lab, "audit-leader-kill9", "CLK", Fault::Kill9, async |lab| {
-        let leader = lab.cluster(|c| c.leader(2, AUDIT_QUEUE)).await?;
-        Ok((leader, format!("leader of {AUDIT_QUEUE}")))
-    })
+    killed_node_run(
+        lab,
+        "audit-leader-kill9",
+        "CLK",
+        Fault::Kill9,
+        async |lab| {
+            let leader = lab.cluster(|c| c.leader(2, AUDIT_QUEUE)).await?;
+            Ok((leader, format!("leader of {AUDIT_QUEUE}")))
+        },
+    )
     .await
 }
 
@@ -742,7 +758,12 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
     let mut all_sent = Vec::new();
     let mut notes = Vec::new();
     let mut wrong = Vec::new();
-    for run in 0..QUOTA_RUNS {
+    // CG_QUOTA_RUNS=20: the bench length (CI runs QUOTA_RUNS)
+    let runs = std::env::var("CG_QUOTA_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(QUOTA_RUNS);
+    for run in 0..runs {
         let begun = Instant::now();
         let sent = Drive::start(
             SocketAddr::from(([127, 0, 0, 1], setup.milter_port)),
@@ -761,10 +782,7 @@ pub async fn galera_quota_race(lab: &mut Lab) -> Result<Accounting> {
             .iter()
             .filter(|s| matches!(s.reply.as_deref(), Some("continue" | "accept")))
             .count();
-        let tempfailed = sent
-            .iter()
-            .filter(|s| s.reply.as_deref() == Some("tempfail"))
-            .count();
+        let tempfailed = sent.iter().filter(|s| is_tempfail(s)).count();
         // every reservation settled (the audit events reach the workers' settle queue)
         let (kept, unsettled) = wait_settled(&pool2).await?;
         let note = format!(

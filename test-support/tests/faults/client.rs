@@ -44,6 +44,9 @@ pub struct Sent {
     /// When the final reply came (the cluster test times failovers with it).
     #[allow(dead_code)]
     pub answered_at: Option<Instant>,
+    /// When end of message was sent (the cluster bench times answers with it).
+    #[allow(dead_code)]
+    pub eom_at: Option<Instant>,
 }
 
 impl Sent {
@@ -140,6 +143,7 @@ async fn connection_loop(
             eom_sent: false,
             reply: None,
             answered_at: None,
+            eom_at: None,
         };
         if conn.is_none() {
             conn = Conn::open_with_retry(addr, n).await.ok();
@@ -333,6 +337,7 @@ impl Conn {
             .send(Command::EndOfMessage(Bytes::new()))
             .await?;
         record.eom_sent = true;
+        record.eom_at = Some(Instant::now());
         loop {
             match reply(&mut self.framed).await? {
                 Response::Progress => {}

@@ -13,6 +13,7 @@ mod geoip;
 mod greylisting;
 mod late_results;
 mod quotas;
+mod reputation;
 mod spine;
 mod srs;
 

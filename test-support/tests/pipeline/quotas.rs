@@ -188,8 +188,7 @@ async fn readme_john_gets_message_151_tempfailed_and_jane_does_not() {
     .unwrap();
     assert_eq!(verdict, "tempfail");
     assert!(
-        determinants
-            .contains("151 of 150 in the last 86400 seconds for sasl_username 'john@doe.com'"),
+        determinants.contains("151 of 150 in the last day for sasl_username 'john@doe.com'"),
         "{determinants}"
     );
     // The reservations are settled from the settle queue, the archive from its own queue:

@@ -38,9 +38,14 @@ pub struct MessageQuery {
     pub message_id: Option<String>,
     pub subject: Option<String>,
     pub verdict: Option<Action>,
-    /// A module whose result suggested reject (one this build does not know too: the archive
-    /// keeps what newer workers answered).
+    /// A module that decided the verdict (`message_result.decisive`, `wire::decision`: the
+    /// verdict would have been different without its result). For results archived before the
+    /// flag existed: a module that suggested the refusal the message got. A module this build
+    /// does not know is searched too (the archive keeps what newer workers answered).
     pub module: Option<ModuleName>,
+    /// A module that suggested reject or tempfail with a score above 0, whatever the verdict
+    /// (rspamd suggests reject with its score on every message: this finds them all).
+    pub suggested: Option<ModuleName>,
     pub instance: Option<String>,
     /// A delivery line of this status was logged for the message (schema/0011).
     pub delivery: Option<DeliveryStatus>,
@@ -127,6 +132,7 @@ impl MessageQuery {
             && self.subject.is_none()
             && self.verdict.is_none()
             && self.module.is_none()
+            && self.suggested.is_none()
             && self.instance.is_none()
             && self.delivery.is_none()
     }
@@ -288,11 +294,22 @@ impl MessageQuery {
         }
         if let Some(module) = &self.module {
             q.push(
-                " AND m.id IN (SELECT r.message FROM message_result r \
-                 WHERE r.verdict = 'reject' AND r.module = ",
+                " AND EXISTS (SELECT 1 FROM message_result r WHERE r.message = m.id \
+                 AND r.module = ",
             );
             q.push_bind(module.as_str().to_owned());
-            q.push(")");
+            q.push(
+                " AND (r.decisive = 1 OR (r.decisive IS NULL AND r.verdict = m.verdict \
+                 AND m.verdict IN ('reject', 'tempfail'))))",
+            );
+        }
+        if let Some(module) = &self.suggested {
+            q.push(
+                " AND EXISTS (SELECT 1 FROM message_result r WHERE r.message = m.id \
+                 AND r.module = ",
+            );
+            q.push_bind(module.as_str().to_owned());
+            q.push(" AND r.verdict IN ('reject', 'tempfail') AND r.score > 0)");
         }
         if let Some(instance) = &self.instance {
             q.push(" AND i.name = ");

@@ -83,11 +83,13 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
     };
     let queue_id = free_text("queue_id", &params.queue_id)?;
     let module = free_text("module", &params.module)?;
-    let matches_nothing = [&queue_id, &module]
+    let suggested = free_text("suggested", &params.suggested)?;
+    let matches_nothing = [&queue_id, &module, &suggested]
         .into_iter()
         .flatten()
         .any(|text| !text.is_ascii());
     let module = module.map(|name| ModuleName::parse(&name));
+    let suggested = suggested.map(|name| ModuleName::parse(&name));
     Ok(MessageQuery {
         matches_nothing,
         sender: free_text("sender", &params.sender)?.and_then(|text| AddressFilter::parse(&text)),
@@ -101,6 +103,7 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
         subject: free_text("subject", &params.subject)?,
         verdict,
         module,
+        suggested,
         instance: free_text("instance", &params.instance)?,
         delivery,
         from,

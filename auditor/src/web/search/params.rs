@@ -44,9 +44,12 @@ pub struct SearchParams {
     #[param(schema_with = verdict_schema)]
     #[serde(skip_serializing_if = "String::is_empty")]
     pub verdict: String,
-    /// A module whose result suggested reject.
+    /// A module that decided the verdict (the verdict would have been different without it).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub module: String,
+    /// A module that suggested reject or tempfail (score above 0), whatever the verdict.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub suggested: String,
     /// Instance name.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub instance: String,

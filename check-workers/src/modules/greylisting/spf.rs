@@ -8,13 +8,11 @@
 //! Neither makes the check fail: the triplet decides instead.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::hickory_resolver::system_conf::read_system_conf;
-use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfResult};
+use mail_auth::SpfResult;
+
+use crate::modules::spf::{Spf, describe};
 
 /// What the walk over the domains found.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -28,10 +26,8 @@ pub struct SpfOutcome {
 /// The domains and the resolver, made on first use.
 pub struct SpfWhitelist {
     domains: Vec<String>,
-    resolver_address: Option<SocketAddr>,
     timeout: Duration,
-    /// The resolver, or why it could not be made (then every walk reports that error).
-    authenticator: OnceLock<Result<MessageAuthenticator, String>>,
+    spf: Spf,
 }
 
 impl SpfWhitelist {
@@ -45,9 +41,8 @@ impl SpfWhitelist {
                 .iter()
                 .map(|d| d.trim().to_ascii_lowercase())
                 .collect(),
-            resolver_address,
             timeout,
-            authenticator: OnceLock::new(),
+            spf: Spf::new(resolver_address, timeout),
         }
     }
 
@@ -60,34 +55,28 @@ impl SpfWhitelist {
         if self.domains.is_empty() {
             return SpfOutcome::default();
         }
-        let authenticator = match self.authenticator.get_or_init(|| self.make_authenticator()) {
-            Ok(authenticator) => authenticator,
-            Err(error) => {
-                return SpfOutcome {
-                    passed: None,
-                    error: Some(error.clone()),
-                };
-            }
-        };
+        if let Err(error) = self.spf.authenticator() {
+            return SpfOutcome {
+                passed: None,
+                error: Some(error),
+            };
+        }
         let mut outcome = SpfOutcome::default();
         let walk = async {
             for domain in &self.domains {
                 let sender = format!("postmaster@{domain}");
-                let output = authenticator
-                    .verify_spf(SpfParameters::verify_mail_from(
-                        ip,
-                        domain,
-                        host_domain,
-                        &sender,
-                    ))
-                    .await;
-                match output.result() {
+                let result = self
+                    .spf
+                    .verify_mail_from(ip, domain, host_domain, &sender)
+                    .await
+                    .unwrap_or(SpfResult::TempError);
+                match result {
                     SpfResult::Pass => {
                         outcome.passed = Some(domain.clone());
                         return;
                     }
                     SpfResult::TempError | SpfResult::PermError => {
-                        let error = format!("{domain}: {}", describe(output.result()));
+                        let error = format!("{domain}: {}", describe(result));
                         tracing::info!(%ip, %error, "SPF whitelist: cannot evaluate a domain's policy; trying the next");
                         outcome.error = Some(error);
                     }
@@ -106,39 +95,5 @@ impl SpfWhitelist {
             outcome.error = Some(error);
         }
         outcome
-    }
-
-    fn make_authenticator(&self) -> Result<MessageAuthenticator, String> {
-        let (config, mut options) = match self.resolver_address {
-            Some(address) => {
-                let mut server = NameServerConfig::udp_and_tcp(address.ip());
-                for connection in &mut server.connections {
-                    connection.port = address.port();
-                }
-                (
-                    ResolverConfig::from_name_servers(vec![server]),
-                    ResolverOpts::default(),
-                )
-            }
-            None => read_system_conf()
-                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
-        };
-        // One try per server within the walk's budget: a dead resolver must not eat it all.
-        options.timeout = self.timeout.min(Duration::from_secs(2));
-        options.attempts = 1;
-        MessageAuthenticator::new(config, options)
-            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))
-    }
-}
-
-fn describe(result: SpfResult) -> &'static str {
-    match result {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror (DNS lookup failed)",
-        SpfResult::PermError => "permerror (the policy is invalid)",
-        SpfResult::None => "none (no policy)",
     }
 }

@@ -15,7 +15,7 @@
 //! 3. [`to_result`]: over a curb → tempfail, score 100, ClueGetter's words ("Exceeding quota,
 //!    max of …", which log parsers look for); within every curb → permit, score 1; no quota row
 //!    matched → permit, score 0 (nothing was counted). The determinants list every matched row
-//!    and period ("n of curb in the last p seconds").
+//!    and period ("n of curb in the last hour").
 //!
 //! The reservation is settled by the message's audit event ([`crate::settle`] consumes them;
 //! [`Settler`] here does the database side).
@@ -212,10 +212,10 @@ pub fn to_result(request: &CheckRequest, outcome: &CheckOutcome) -> CheckResult 
                 "exceeded": period.exceeded,
             }));
             summary.push(format!(
-                "{} of {} in the last {} seconds for {} '{}' (quota {}{}, profile {}){}",
+                "{} of {} in {} for {} '{}' (quota {}{}, profile {}){}",
                 period.would_be,
                 period.curb,
-                period.period,
+                platform::quotas::last_period(u64::from(period.period)),
                 usage.selector,
                 usage.value,
                 usage.quota_id,
@@ -359,17 +359,20 @@ impl Settler {
         Ok(Settled { counted, rows })
     }
 
-    /// Forgets remembered verdicts older than [`store::SETTLEMENT_MEMORY`].
+    /// Settles reservations a cross-node race left reserved though their verdict is
+    /// remembered ([`QuotaStore::reconcile_settlements`]), then forgets remembered verdicts
+    /// older than [`store::SETTLEMENT_MEMORY`]. Returns (rows reconciled, verdicts forgotten).
     ///
     /// # Errors
     /// The database failed.
-    pub async fn prune(&self) -> Result<u64, sqlx::Error> {
-        self.store.prune_settlements().await
+    pub async fn prune(&self) -> Result<(u64, u64), sqlx::Error> {
+        let reconciled = self.store.reconcile_settlements().await?;
+        Ok((reconciled, self.store.prune_settlements().await?))
     }
 
     /// How often [`Settler::prune`] is worth running.
     pub fn prune_interval(&self) -> Duration {
-        Duration::from_secs(300)
+        Duration::from_secs(30)
     }
 }
 
@@ -541,7 +544,7 @@ mod tests {
         );
         assert_eq!(
             result.determinants["summary"][0],
-            "151 of 150 in the last 86400 seconds for sasl_username 'john@doe.com' (quota 1, profile small-sasl): exceeded"
+            "151 of 150 in the last day for sasl_username 'john@doe.com' (quota 1, profile small-sasl): exceeded"
         );
         assert_eq!(result.determinants["quotas"][0]["quota_id"], 1);
         assert_eq!(result.determinants["reserved"], false);
@@ -565,7 +568,7 @@ mod tests {
         assert!(result.message.is_empty());
         assert_eq!(
             result.determinants["summary"][0],
-            "4 of 500 in the last 300 seconds for sasl_username 'john@doe.com' (quota 1, profile small-sasl)"
+            "4 of 500 in the last 5 minutes for sasl_username 'john@doe.com' (quota 1, profile small-sasl)"
         );
     }
 

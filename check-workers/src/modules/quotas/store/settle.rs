@@ -20,6 +20,10 @@ use super::{QuotaStore, retries};
 /// a reservation commits within seconds of the verdict or never; an hour is ample.
 pub const SETTLEMENT_MEMORY: Duration = Duration::from_secs(3600);
 
+/// How old a reservation must be before [`QuotaStore::reconcile_settlements`] looks at it: the
+/// transactions that race to settle it have long committed by then.
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(10);
+
 impl QuotaStore {
     /// Keeps (`counted`) or releases the message's reservations; with `remember`, also records
     /// the verdict for a reservation not committed yet. Returns the tally rows settled.
@@ -55,6 +59,27 @@ impl QuotaStore {
             }
             return outcome;
         }
+    }
+
+    /// Settles the reservations older than [`RECONCILE_AFTER`] that are still `reserved` though
+    /// their message's verdict is remembered. Under Galera the locking reads that order a
+    /// reservation and a remembered verdict ([`super::check`], [`Self::settle`]) do not block a
+    /// transaction on another node, so a check that finishes after the gateway stopped waiting,
+    /// committed on one node while its verdict is remembered on another, can leave its rows
+    /// reserved; this finds them. Returns the tally rows settled (0 but for that race).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn reconcile_settlements(&self) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(
+            "UPDATE quota_settlement s JOIN quota_message q ON q.message = s.message \
+             SET q.status = IF(s.counted, 'kept', 'released'), q.settled = UTC_TIMESTAMP(6) \
+             WHERE q.status = 'reserved' AND q.date < UTC_TIMESTAMP(6) - INTERVAL ? SECOND",
+        )
+        .bind(RECONCILE_AFTER.as_secs())
+        .execute(self.pool())
+        .await?;
+        Ok(result.rows_affected())
     }
 
     /// Deletes remembered verdicts older than [`SETTLEMENT_MEMORY`] (no reservation can still
