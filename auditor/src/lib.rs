@@ -11,6 +11,8 @@
 //! - [`prune`]: archive retention, deleting old rows of this instance in small batches.
 //! - [`bounce`]: bounce events (bounce-ingest) into `bounce` / `bounce_report`, linked to their
 //!   messages, and the relinker for bounces that came before their message.
+//! - [`delivery`]: delivery events (bounce-ingest `maillog`) into `message_delivery`, joined
+//!   to their messages when read.
 //! - [`dead_letters`]: `auditor dead-letters count|show|replay`.
 //! - [`migrate`]: creating the database and applying `schema/`, refusing a newer schema.
 //! - [`metrics`]: the metric names.
@@ -22,6 +24,7 @@
 pub mod bounce;
 pub mod consume;
 pub mod dead_letters;
+pub mod delivery;
 pub mod metrics;
 pub mod migrate;
 pub mod prune;
@@ -58,12 +61,14 @@ pub async fn run(
         tokio::spawn(pruner.run_every(config.auditor.archive_prune_interval, stop_pruning.clone()));
     let stop_bounces = shutdown.child_token();
     let bounces = tokio::spawn(bounce::run(config.clone(), stop_bounces.clone()));
+    let deliveries = tokio::spawn(delivery::run(config.clone(), stop_bounces.clone()));
     let consumed = consume::run(&config, pool.clone(), shutdown).await;
     stop_pruning.cancel();
     stop_bounces.cancel();
     let _ = pruning.await;
     let bounced = bounces.await.context("the bounce consumer panicked")?;
+    let delivered = deliveries.await.context("the delivery consumer panicked")?;
     pool.close().await;
     tracing::info!("auditor stopped");
-    consumed.and(bounced)
+    consumed.and(bounced).and(delivered)
 }

@@ -33,7 +33,7 @@ pub const PRUNED_ROWS: &str = "cluegetter_auditor_pruned_rows_total";
 pub const PRUNE_FAILURES: &str = "cluegetter_auditor_prune_failures_total";
 
 /// The `table` labels of [`PRUNED_ROWS`], in the order a run prunes them.
-pub const PRUNED_TABLES: [&str; 8] = [
+pub const PRUNED_TABLES: [&str; 9] = [
     "message_body",
     "message_header",
     "message_result",
@@ -42,6 +42,7 @@ pub const PRUNED_TABLES: [&str; 8] = [
     "message",
     "session",
     "recipient",
+    "message_delivery",
 ];
 
 /// The `reason` labels of [`DEAD_LETTERED`].

@@ -94,6 +94,8 @@ pub struct Pruned {
     pub message: u64,
     pub session: u64,
     pub recipient: u64,
+    /// Delivery lines of Postfix's log (schema/0011) logged before the message cut-off.
+    pub message_delivery: u64,
     /// Reputation counter days older than `[reputation] window`.
     pub reputation_count: u64,
 }
@@ -108,6 +110,7 @@ impl Pruned {
             + self.message
             + self.session
             + self.recipient
+            + self.message_delivery
             + self.reputation_count
     }
 }
@@ -251,6 +254,7 @@ impl Pruner {
                 self.messages(instance, cutoff, shutdown).await?;
             pruned.session = self.sessions(instance, cutoff, shutdown).await?;
             pruned.recipient = self.recipients(shutdown).await?;
+            pruned.message_delivery = self.deliveries(instance, cutoff, shutdown).await?;
         }
         Ok(pruned)
     }
@@ -476,6 +480,36 @@ impl Pruner {
                 total += rows;
             }
             if found.len() < self.batch {
+                return Ok(total);
+            }
+            self.pause(shutdown).await?;
+        }
+    }
+
+    /// Delivery lines of this instance logged before `cutoff` (they are joined to messages
+    /// only when read, so they go by their own time, with the messages' retention).
+    async fn deliveries(
+        &self,
+        instance: u64,
+        cutoff: DateTime<Utc>,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PruneError> {
+        let mut total = 0;
+        loop {
+            let rows = sqlx::query(
+                "DELETE FROM message_delivery WHERE cluegetter_instance = ? AND log_time < ? \
+                 ORDER BY log_time LIMIT ?",
+            )
+            .bind(instance)
+            .bind(crate::store::values::datetime(cutoff))
+            .bind(self.batch as u64)
+            .execute(&self.pool)
+            .await
+            .map_err(sql("message_delivery"))?
+            .rows_affected();
+            Self::count("message_delivery", rows);
+            total += rows;
+            if rows < self.batch as u64 {
                 return Ok(total);
             }
             self.pause(shutdown).await?;

@@ -1,5 +1,6 @@
 //! bounce-ingest: Postfix's delivery reports (bounces and delay warnings) into bounce events
-//! for the auditor, which stores them in `bounce` / `bounce_report` joined to their messages.
+//! for the auditor, which stores them in `bounce` / `bounce_report` joined to their messages;
+//! and Postfix's log into delivery events (`message_delivery`).
 //!
 //! Layout:
 //! - [`dsn`]: the report parser (RFC 3464 / RFC 6533 over mail-parser); pure, never fails.
@@ -10,13 +11,18 @@
 //!   connection, answered `250` only once spooled.
 //! - [`spool`]: the listener's reports on disk until RabbitMQ confirmed them.
 //! - [`publish`]: confirmed publishing, and the spool's background publisher.
+//! - [`maillog`]: Postfix's delivery lines (sent, deferred, bounced), read from its log; pure.
+//! - [`follow`]: `bounce-ingest maillog FILE|-`: the log followed by position (rotation-safe,
+//!   at least once) or read from a pipe, its delivery events published confirmed.
 //! - [`metrics`]: the metric names.
 //!
 //! **Invariant**: a report is never dropped for being unreadable: whatever the parser makes of
 //! it, the raw report (up to `max-size`) goes out with the reason.
 
 pub mod dsn;
+pub mod follow;
 pub mod listener;
+pub mod maillog;
 pub mod metrics;
 pub mod publish;
 pub mod report;

@@ -1,4 +1,5 @@
-//! `bounce-ingest [--config FILE] [--log-level LEVEL] [run | submit [--via HOST:PORT]]`: parses
+//! `bounce-ingest [--config FILE] [--log-level LEVEL] [run | submit [--via HOST:PORT] |
+//! maillog FILE|-]`: parses
 //! the command line, loads the configuration, starts logging (and metrics for `run`), and calls
 //! the library. Nothing else.
 //!
@@ -27,7 +28,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// Serve the TCP listener and publish what it receives (the default).
     Run,
@@ -38,6 +39,14 @@ enum Command {
         /// needed where the pipe runs).
         #[arg(long, value_name = "HOST:PORT")]
         via: Option<SocketAddr>,
+    },
+    /// Follow Postfix's log (its `maillog_file`, by position, rotation-safe) or read it from
+    /// a pipe (`-`: `journalctl -f -u postfix -o short-iso | bounce-ingest maillog -`) and
+    /// publish a delivery event per recipient and attempt (sent, deferred, bounced).
+    Maillog {
+        /// The log file to follow, or `-` for standard input.
+        #[arg(value_name = "FILE|-")]
+        source: String,
     },
 }
 
@@ -63,6 +72,12 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     match command {
         Command::Run => platform::cli::run("bounce-ingest", &cli.common, serve),
+        Command::Maillog { source } => {
+            let source = bounce_ingest::follow::Source::from_arg(&source);
+            platform::cli::run("bounce-ingest", &cli.common, move |config| {
+                maillog(config, source)
+            })
+        }
         Command::Submit { via } => {
             // every failure, a bad configuration included, keeps the report queued in Postfix
             let config = match cli.common.load() {
@@ -104,6 +119,14 @@ async fn submit(config: Config, via: Option<SocketAddr>) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+async fn maillog(config: Config, source: bounce_ingest::follow::Source) -> anyhow::Result<()> {
+    platform::telemetry::serve_metrics(config.bounce_ingest.maillog_metrics_listen)
+        .map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    platform::shutdown::cancel_on_signal(shutdown.clone(), "stopping after the lines in hand");
+    bounce_ingest::follow::run(config, source, shutdown).await
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

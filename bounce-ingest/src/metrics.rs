@@ -25,6 +25,13 @@ pub const SPOOL_EVENTS: &str = "cluegetter_bounce_ingest_spool_events";
 /// Spool files that could not be read back, set aside as `*.corrupt`.
 pub const SPOOL_CORRUPT: &str = "cluegetter_bounce_ingest_spool_corrupt_total";
 
+/// `maillog`: log lines read, and the delivery lines among them.
+pub const MAILLOG_LINES: &str = "cluegetter_bounce_ingest_maillog_lines_total";
+/// `maillog`: delivery events RabbitMQ confirmed, by `status`.
+pub const DELIVERIES: &str = "cluegetter_bounce_ingest_deliveries_published_total";
+/// `maillog`: rotations of the followed file seen, by `how` (`renamed`, `truncated`).
+pub const ROTATIONS: &str = "cluegetter_bounce_ingest_maillog_rotations_total";
+
 const REFUSED_REASONS: [&str; 4] = ["not-allowed", "spool", "empty", "read-error"];
 
 /// Registers the descriptions and makes the counters visible at 0 (idempotent).
@@ -51,6 +58,18 @@ pub fn describe() {
     }
     for reason in REFUSED_REASONS {
         metrics::counter!(REFUSED, "reason" => reason).increment(0);
+    }
+    metrics::describe_counter!(MAILLOG_LINES, "maillog: log lines read, by kind");
+    metrics::describe_counter!(DELIVERIES, "maillog: delivery events confirmed, by status");
+    metrics::describe_counter!(ROTATIONS, "maillog: rotations of the followed file, by how");
+    for kind in ["delivery", "other"] {
+        metrics::counter!(MAILLOG_LINES, "kind" => kind).increment(0);
+    }
+    for status in wire::DeliveryStatus::ALL {
+        metrics::counter!(DELIVERIES, "status" => status.as_str()).increment(0);
+    }
+    for how in ["renamed", "truncated"] {
+        metrics::counter!(ROTATIONS, "how" => how).increment(0);
     }
     for name in [PUBLISHED, PUBLISH_RETRIES, SPOOL_CORRUPT] {
         metrics::counter!(name).increment(0);

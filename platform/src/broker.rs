@@ -13,6 +13,9 @@
 //!   an event delivered [`DELIVERY_LIMIT`] times.
 //! - `cluegetter.bounce`, a durable fanout exchange for bounce events (bounce-ingest →
 //!   auditor), with `cluegetter.bounce.archive` and `cluegetter.bounce.dead-letter` likewise.
+//! - `cluegetter.delivery`, a durable fanout exchange for delivery events (bounce-ingest
+//!   `maillog` → auditor), with `cluegetter.delivery.archive` and
+//!   `cluegetter.delivery.dead-letter` likewise.
 //!
 //! What must survive the loss of a node (archive, settle and dead-letter queues) is on quorum
 //! queues ([`QueueKind::Replicated`]); a queue an older version declared otherwise is used as
@@ -537,6 +540,22 @@ pub async fn declare_bounce_topology(connection: &Connection) -> Result<(), lapi
         BOUNCE_EXCHANGE,
         BOUNCE_QUEUE,
         BOUNCE_DEAD_LETTER_QUEUE,
+    )
+    .await
+}
+
+/// Declares the delivery exchange, the auditor's delivery queue bound to it, and its
+/// dead-letter queue. bounce-ingest declares it too, so that delivery events published before
+/// any auditor ran are queued rather than dropped as unroutable.
+///
+/// # Errors
+/// As [`declare_check_topology`].
+pub async fn declare_delivery_topology(connection: &Connection) -> Result<(), lapin::Error> {
+    declare_fanout_archive(
+        connection,
+        DELIVERY_EXCHANGE,
+        DELIVERY_QUEUE,
+        DELIVERY_DEAD_LETTER_QUEUE,
     )
     .await
 }

@@ -825,6 +825,92 @@ pub struct DeliveryReport {
     pub returned: ReturnedHeaders,
 }
 
+/// What Postfix's log said became of one recipient (`status=` of a delivery agent's line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Handed over: delivered locally or accepted by the next hop.
+    Sent,
+    /// Not now; Postfix keeps the message and tries again.
+    Deferred,
+    /// Refused for good; Postfix returns the message to its sender.
+    Bounced,
+    /// Deferred until `maximal_queue_lifetime` passed; returned to the sender.
+    Expired,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 4] = [
+        DeliveryStatus::Sent,
+        DeliveryStatus::Deferred,
+        DeliveryStatus::Bounced,
+        DeliveryStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Deferred => "deferred",
+            DeliveryStatus::Bounced => "bounced",
+            DeliveryStatus::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeliveryStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery status {s:?}"))
+    }
+}
+
+/// bounce-ingest (`maillog`) → delivery exchange, once per delivery line of Postfix's log (one
+/// recipient, one attempt). Published persistent with publisher confirms, at least once; the
+/// auditor stores it idempotently on (`mta_hostname`, `queue_id`, `recipient`, `status`,
+/// `log_time`) and joins it to its message by queue id and MTA host name when it is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub version: u32,
+    pub instance: String,
+    /// The MTA whose queue id this is: the log line's host, or `[bounce-ingest]
+    /// maillog-hostname` when set (what the gateway records as `mta_hostname`).
+    pub mta_hostname: String,
+    pub queue_id: String,
+    /// `to=`, without the angle brackets, as Postfix logged it.
+    pub recipient: String,
+    /// `orig_to=`, when Postfix logged one (the address before aliasing or rewriting).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub orig_to: String,
+    pub status: DeliveryStatus,
+    /// `dsn=` (`2.0.0`, `4.4.1`, `5.1.1`); empty when absent.
+    #[serde(default)]
+    pub dsn: String,
+    /// `relay=` (`mx.example.net[192.0.2.1]:25`, `local`, `none`); empty when absent.
+    #[serde(default)]
+    pub relay: String,
+    /// `delay=`, seconds from arrival to this attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<f64>,
+    /// The text in parentheses after the status (the remote reply, or why not).
+    #[serde(default)]
+    pub reason: String,
+    /// The delivery agent that logged it (`smtp`, `lmtp`, `local`, `virtual`, `pipe`, ...).
+    #[serde(default)]
+    pub service: String,
+    /// When Postfix logged it.
+    pub log_time: DateTime<Utc>,
+}
+
 /// Why a received message is not one we can read.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -873,6 +959,7 @@ impl Versioned for CheckRequest {}
 impl Versioned for CheckResult {}
 impl Versioned for AuditEvent {}
 impl Versioned for BounceEvent {}
+impl Versioned for DeliveryEvent {}
 
 mod base64_bytes {
     use base64::Engine as _;
@@ -1076,6 +1163,37 @@ mod tests {
         };
         let back: AuditEvent = decode(&encode(&event)).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn delivery_events_round_trip_and_refuse_another_major_version() {
+        let event = DeliveryEvent {
+            version: WIRE_VERSION,
+            instance: "default".into(),
+            mta_hostname: "mx".into(),
+            queue_id: "4jjxMg5k8dz1SST9".into(),
+            recipient: "rcpt@mailbox.test".into(),
+            orig_to: String::new(),
+            status: DeliveryStatus::Deferred,
+            dsn: "4.4.1".into(),
+            relay: "none".into(),
+            delay: Some(0.58),
+            reason: "connect to 127.0.0.1[127.0.0.1]:9: Connection refused".into(),
+            service: "smtp".into(),
+            log_time: Utc::now(),
+        };
+        let bytes = encode(&event);
+        assert_eq!(decode::<DeliveryEvent>(&bytes).unwrap(), event);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains(r#""status":"deferred""#), "{text}");
+        let other = text.replace(r#""version":1"#, r#""version":2"#);
+        assert!(matches!(
+            decode::<DeliveryEvent>(other.as_bytes()),
+            Err(WireError::Version { found: 2 })
+        ));
+        for status in DeliveryStatus::ALL {
+            assert_eq!(status.as_str().parse::<DeliveryStatus>().unwrap(), status);
+        }
     }
 
     fn sample_bounce() -> BounceEvent {

@@ -1,7 +1,8 @@
 //! What crosses the broker between cluegetter's processes, and nothing else.
 //!
 //! Layout:
-//! - [`contract`]: the messages (check requests and results, audit events, bounce events), with
+//! - [`contract`]: the messages (check requests and results, audit events, bounce events,
+//!   delivery events), with
 //!   the versioning rule. The only place wire types are defined.
 //! - [`decision`]: "decided by", which modules a recorded verdict rests on (a pure function of
 //!   an audit event, shared by the reputation counters and the archive's search).
@@ -16,7 +17,7 @@ pub mod routing;
 
 pub use contract::{
     Action, AuditEvent, AuditMessage, AuditResult, AuditVerdict, BounceEvent, BounceId,
-    BounceSource, CheckRequest, CheckResult, CheckStage, DeliveryReport, Envelope, Header,
-    HeaderAt, MessageId, MilterChanges, ModuleName, RejectedRecipient, SessionInfo, TlsInfo,
-    WIRE_VERSION,
+    BounceSource, CheckRequest, CheckResult, CheckStage, DeliveryEvent, DeliveryReport,
+    DeliveryStatus, Envelope, Header, HeaderAt, MessageId, MilterChanges, ModuleName,
+    RejectedRecipient, SessionInfo, TlsInfo, WIRE_VERSION,
 };

@@ -227,7 +227,10 @@ async fn write_rows(
 }
 
 /// The id of the instance called `name`, adding the row if the name is new.
-async fn instance_id(conn: &mut MySqlConnection, name: &str) -> Result<u64, sqlx::Error> {
+pub(super) async fn instance_id(
+    conn: &mut MySqlConnection,
+    name: &str,
+) -> Result<u64, sqlx::Error> {
     let found: Option<u64> = sqlx::query_scalar("SELECT id FROM instance WHERE name = ?")
         .bind(name)
         .fetch_optional(&mut *conn)

@@ -16,6 +16,7 @@
 
 mod batch;
 pub mod bounce;
+pub mod delivery;
 pub mod read;
 pub mod values;
 

@@ -324,6 +324,9 @@ pub struct MessageDetail {
     pub results: Vec<ModuleResult>,
     pub verdict: Verdict,
     pub bounces: Vec<LinkedBounce>,
+    /// What Postfix's log says became of each recipient (`bounce-ingest maillog`), by
+    /// recipient, oldest first.
+    pub deliveries: Vec<DeliveryLine>,
     /// The stored body as text (lossy UTF-8, at most 1 MiB); None when none was stored.
     pub body: Option<String>,
     /// Headers and body are withheld from this user's role (`auditor`): `headers` is empty
@@ -344,6 +347,7 @@ pub async fn load(state: &AppState, scope: &Scope, id: Uuid) -> Result<MessageDe
     } = read::message(&state.pool, scope, id)
         .await?
         .ok_or(WebError::NotFound)?;
+    let deliveries = delivery_lines(state, id).await?;
     let recipients = recipients
         .into_iter()
         .map(|r| Recipient {
@@ -463,9 +467,53 @@ pub async fn load(state: &AppState, scope: &Scope, id: Uuid) -> Result<MessageDe
                 reports: b.reports.unwrap_or_default(),
             })
             .collect(),
+        deliveries,
         body,
         contents_withheld: !scope.contents,
     })
+}
+
+/// One delivery line of the message (Postfix's log, `message_delivery`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryLine {
+    pub recipient: String,
+    /// The address before aliasing or rewriting, when Postfix logged one.
+    pub orig_to: String,
+    /// `sent`, `deferred`, `bounced` or `expired`.
+    pub status: String,
+    pub time: String,
+    pub relay: String,
+    pub dsn: String,
+    /// Seconds from arrival to this attempt.
+    pub delay: Option<f64>,
+    pub reason: String,
+    /// The delivery agent (`smtp`, `local`, ...).
+    pub service: String,
+    #[serde(skip)]
+    pub badge: &'static str,
+}
+
+async fn delivery_lines(state: &AppState, id: Uuid) -> Result<Vec<DeliveryLine>, WebError> {
+    let rows = crate::store::read::delivery::of_message(&state.pool, id).await?;
+    Ok(rows
+        .into_iter()
+        .map(|d| DeliveryLine {
+            badge: match d.status.as_str() {
+                "sent" => "permit",
+                "deferred" => "tempfail",
+                _ => "reject",
+            },
+            recipient: d.recipient,
+            orig_to: d.orig_to,
+            status: d.status,
+            time: fmt_date(d.log_time),
+            relay: d.relay,
+            dsn: d.dsn,
+            delay: d.delay,
+            reason: d.reason,
+            service: d.service,
+        })
+        .collect())
 }
 
 /// The gateway's rule, told back: reject when the weighted scores of the results that

@@ -156,6 +156,7 @@ async fn rows_older_than_their_retention_are_pruned_per_kind_for_this_instance_o
             session: 1,
             // only-here@example.net
             recipient: 1,
+            message_delivery: 0,
             reputation_count: 0,
         }
     );

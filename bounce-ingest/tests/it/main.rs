@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod maillog;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

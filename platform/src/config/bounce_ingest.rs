@@ -1,4 +1,5 @@
-//! `[bounce-ingest]`: the delivery-report listener, its allow-list, sizes and spool.
+//! `[bounce-ingest]`: the delivery-report listener, its allow-list, sizes and spool; the
+//! maillog follower's state file, host name and poll interval.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,6 +35,16 @@ pub struct BounceIngestConfig {
     /// Most bytes the spool may hold; when full, the listener refuses reports (the sender
     /// keeps them) rather than lose them.
     pub spool_max_size: u64,
+    /// `bounce-ingest maillog FILE`: where the follower keeps its place (inode and offset),
+    /// written after RabbitMQ confirmed the events before it.
+    pub maillog_state_file: PathBuf,
+    /// The MTA host name delivery events carry; empty: each log line's host.
+    pub maillog_hostname: String,
+    /// How often the follower polls for more lines and for rotation at the end of the file.
+    #[serde(with = "humantime_serde")]
+    pub maillog_poll_interval: Duration,
+    /// `/metrics` of `bounce-ingest maillog`.
+    pub maillog_metrics_listen: SocketAddr,
 }
 
 impl Default for BounceIngestConfig {
@@ -51,6 +62,10 @@ impl Default for BounceIngestConfig {
             submit_timeout: Duration::from_secs(30),
             spool_dir: PathBuf::from("/var/spool/cluegetter-bounce"),
             spool_max_size: 256 * 1024 * 1024,
+            maillog_state_file: PathBuf::from("/var/lib/cluegetter/maillog.state"),
+            maillog_hostname: String::new(),
+            maillog_poll_interval: Duration::from_millis(500),
+            maillog_metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9137)),
         }
     }
 }
@@ -76,6 +91,21 @@ impl BounceIngestConfig {
             return Err(format!(
                 "[bounce-ingest] spool-max-size ({}) must be at least twice max-size ({})",
                 self.spool_max_size, self.max_size
+            ));
+        }
+        if self.maillog_poll_interval.is_zero() {
+            return Err("[bounce-ingest] maillog-poll-interval must be longer than 0s".into());
+        }
+        if self.maillog_hostname.len() > 127
+            || !self
+                .maillog_hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "[bounce-ingest] maillog-hostname must be a host name of at most 127 ASCII \
+                 letters, digits, '.', '-' and '_' (is {:?})",
+                self.maillog_hostname
             ));
         }
         Ok(())

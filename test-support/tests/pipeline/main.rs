@@ -7,6 +7,7 @@
 mod archive_body;
 mod bounces;
 mod clamav;
+mod delivery;
 mod gateway_behaviour;
 mod geoip;
 mod greylisting;

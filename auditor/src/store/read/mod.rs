@@ -9,6 +9,7 @@
 //! - [`search`]: the message search (one page of summaries).
 //! - [`message`]: one message with its session, recipients, headers, results, bounces, body.
 //! - [`bounces`]: delivery reports, as a filtered list and one by one.
+//! - [`delivery`]: delivery status from Postfix's log: a message's lines, counts per status.
 //! - [`quotas`]: quota rows, profiles, classes, regex rows and tally rows.
 //! - [`stats`]: counts per verdict and period, top rejected senders, module latencies.
 //!
@@ -17,6 +18,7 @@
 //! `WHERE` fragment, with the domains as bind parameters. Nothing is filtered after the fact.
 
 pub mod bounces;
+pub mod delivery;
 pub mod message;
 pub mod quotas;
 pub mod search;

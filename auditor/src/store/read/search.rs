@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use platform::database::Database;
 use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
-use wire::{Action, ModuleName};
+use wire::{Action, DeliveryStatus, ModuleName};
 
 use super::{AddressFilter, IpRange, Scope, like_escape};
 use crate::store::values::datetime;
@@ -72,6 +72,8 @@ pub struct MessageQuery {
     /// (rspamd suggests reject with its score on every message: this finds them all).
     pub suggested: Option<ModuleName>,
     pub instance: Option<String>,
+    /// A delivery line of this status was logged for the message (schema/0011).
+    pub delivery: Option<DeliveryStatus>,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub sort: Sort,
@@ -234,6 +236,7 @@ impl MessageQuery {
             && self.module.is_none()
             && self.suggested.is_none()
             && self.instance.is_none()
+            && self.delivery.is_none()
     }
 
     fn push_recipient_ids(&self, q: &mut QueryBuilder<MySql>) {
@@ -433,6 +436,13 @@ impl MessageQuery {
         if let Some(instance) = &self.instance {
             q.push(" AND i.name = ");
             q.push_bind(instance.clone());
+        }
+        if let Some(status) = self.delivery {
+            q.push(" AND m.queue_id <> '' AND EXISTS (SELECT 1 FROM message_delivery d WHERE ");
+            q.push(super::delivery::JOIN);
+            q.push(" AND d.status = ");
+            q.push_bind(status.as_str());
+            q.push(")");
         }
         if paged {
             q.push(self.order_by());

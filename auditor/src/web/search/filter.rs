@@ -3,7 +3,7 @@
 //! the default range.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use wire::{Action, ModuleName};
+use wire::{Action, DeliveryStatus, ModuleName};
 
 use super::params::SearchParams;
 use crate::store::read::AddressFilter;
@@ -83,6 +83,11 @@ pub fn module_names() -> Vec<&'static str> {
     ModuleName::KNOWN_NAMES.to_vec()
 }
 
+/// The delivery statuses Postfix logs (`message_delivery.status`).
+pub fn delivery_names() -> Vec<&'static str> {
+    DeliveryStatus::ALL.map(DeliveryStatus::as_str).to_vec()
+}
+
 /// `params` validated; a parameter that cannot be understood is a 400 naming it.
 pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
     let verdict = match params.verdict.trim() {
@@ -91,6 +96,15 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
             WebError::BadRequest(format!(
                 "verdict: {text:?} is not one of {}",
                 verdict_names().join(", ")
+            ))
+        })?),
+    };
+    let delivery = match params.delivery.trim() {
+        "" => None,
+        text => Some(text.parse::<DeliveryStatus>().map_err(|_| {
+            WebError::BadRequest(format!(
+                "delivery: {text:?} is not one of {}",
+                delivery_names().join(", ")
             ))
         })?),
     };
@@ -166,6 +180,7 @@ pub fn parse(params: &SearchParams) -> Result<MessageQuery, WebError> {
         module,
         suggested,
         instance: free_text("instance", &params.instance)?,
+        delivery,
         from,
         to,
         sort,

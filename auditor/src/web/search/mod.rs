@@ -51,6 +51,24 @@ pub struct MessageSummary {
     /// The first recipients (by domain and address; a `domain-admin` sees those of its
     /// domains only, unless the message is its by the sender).
     pub recipients: Vec<String>,
+    /// Recipients per delivery status Postfix logged for it (`bounce-ingest maillog`); a
+    /// recipient deferred, then sent, counts in both.
+    pub delivery: DeliveryCounts,
+}
+
+/// Recipients with a delivery line of each status.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct DeliveryCounts {
+    pub sent: u32,
+    pub deferred: u32,
+    pub bounced: u32,
+    pub expired: u32,
+}
+
+impl DeliveryCounts {
+    pub fn is_empty(&self) -> bool {
+        self.sent + self.deferred + self.bounced + self.expired == 0
+    }
 }
 
 /// One page of results.
@@ -98,6 +116,18 @@ pub async fn run(
             .or_default()
             .push(address(&r.local, &r.domain));
     }
+    let mut deliveries: std::collections::HashMap<uuid::Uuid, DeliveryCounts> =
+        std::collections::HashMap::new();
+    for (id, status, n) in crate::store::read::delivery::counts(&state.pool, &ids).await? {
+        let counts = deliveries.entry(id).or_default();
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match status.as_str() {
+            "sent" => counts.sent = n,
+            "deferred" => counts.deferred = n,
+            "bounced" => counts.bounced = n,
+            _ => counts.expired = n,
+        }
+    }
     let messages = rows
         .into_iter()
         .map(|row| MessageSummary {
@@ -116,6 +146,7 @@ pub async fn run(
             client_ip: row.ip,
             sasl_username: row.sasl_username,
             instance: row.instance,
+            delivery: deliveries.remove(&row.id).unwrap_or_default(),
         })
         .collect();
     Ok(SearchResult {
@@ -165,6 +196,7 @@ pub struct SearchTemplate {
     pub nav: Nav,
     pub q: SearchParams,
     pub verdicts: Vec<&'static str>,
+    pub deliveries: Vec<&'static str>,
     /// Suggestions for the module filter.
     pub modules: Vec<&'static str>,
     pub error: String,
@@ -220,6 +252,7 @@ impl SearchTemplate {
             nav,
             q,
             verdicts: filter::verdict_names(),
+            deliveries: filter::delivery_names(),
             modules: filter::module_names(),
             error,
             result: None,
@@ -319,6 +352,7 @@ pub async fn page(
         sort_links: sort_links(&params),
         q: params,
         verdicts: filter::verdict_names(),
+        deliveries: filter::delivery_names(),
         modules: filter::module_names(),
         error: String::new(),
         from_shown: fmt_date(query.from),

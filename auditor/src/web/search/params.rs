@@ -58,6 +58,11 @@ pub struct SearchParams {
     /// Instance name.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// Postfix logged a delivery attempt of this status for a recipient of the message
+    /// (`bounce-ingest maillog`).
+    #[param(schema_with = delivery_schema)]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub delivery: String,
     /// Start, UTC: YYYY-MM-DDTHH:MM[:SS], YYYY-MM-DD or RFC 3339 (default: 24 h before `to`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub from: String,
@@ -87,6 +92,10 @@ pub struct SearchParams {
 
 fn verdict_schema() -> Object {
     one_of(Action::ALL.map(Action::as_str))
+}
+
+fn delivery_schema() -> Object {
+    one_of(wire::DeliveryStatus::ALL.map(wire::DeliveryStatus::as_str))
 }
 
 fn sort_schema() -> Object {
