@@ -16,11 +16,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
+use anyhow::Context as _;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions};
-use lapin::types::{AMQPValue, LongString};
+use lapin::options::BasicAckOptions;
 use lapin::{Channel, Connection};
 use platform::backoff::Backoff;
 use platform::broker::{self, BOUNCE_DEAD_LETTER_QUEUE, BOUNCE_QUEUE};
@@ -29,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use wire::BounceEvent;
 use wire::contract::{self, WireError};
 
-use crate::consume::{REASON_HEADER, open_consumer};
+use crate::consume::{OneByOne, with_reason};
 use crate::store;
 use crate::store::bounce::{BounceOutcome, BounceStore, Link};
 
@@ -111,34 +109,19 @@ async fn consume(
     broker::declare_bounce_topology(connection)
         .await
         .context("cannot declare the bounce exchange and queues")?;
-    let (channel, mut consumer, tag) = open_consumer(
+    let mut queue = OneByOne::open(
         connection,
         BOUNCE_QUEUE,
         "cluegetter-auditor-bounces",
         PREFETCH,
     )
     .await?;
-    tracing::info!(queue = BOUNCE_QUEUE, "consuming bounce events");
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => {
-                    return Err(error).with_context(|| format!("consuming {BOUNCE_QUEUE} failed"));
-                }
-                None => bail!("the broker cancelled our consumer of {BOUNCE_QUEUE}"),
-            },
-        };
-        if !handle(&channel, store, &delivery, max_backoff, shutdown).await? {
+    while let Some(delivery) = queue.next(shutdown).await? {
+        if !handle(queue.channel(), store, &delivery, max_backoff, shutdown).await? {
             break;
         }
     }
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    let _ = channel.close(200, "auditor stopping".into()).await;
+    queue.close().await;
     Ok(())
 }
 
@@ -223,12 +206,7 @@ async fn dead_letter(
     kind: &'static str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        REASON_HEADER.into(),
-        AMQPValue::LongString(LongString::from(reason)),
-    );
-    let properties = delivery.properties.clone().with_headers(headers);
+    let properties = with_reason(delivery, reason);
     broker::publish_confirmed(
         channel,
         "",

@@ -140,6 +140,78 @@ pub(crate) async fn open_consumer(
     Ok((channel, consumer, tag))
 }
 
+/// The delivery's properties with the reason it is dead-lettered for in [`REASON_HEADER`].
+pub(crate) fn with_reason(delivery: &Delivery, reason: &str) -> lapin::BasicProperties {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    delivery.properties.clone().with_headers(headers)
+}
+
+/// The one-by-one consumer of the bounce and delivery archives, on one connection: the caller
+/// takes deliveries with [`OneByOne::next`] and stores (or dead-letters) and acks each on
+/// [`OneByOne::channel`], then [`OneByOne::close`]s it, so prefetched deliveries go back.
+pub(crate) struct OneByOne {
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+    queue: &'static str,
+}
+
+impl OneByOne {
+    pub(crate) async fn open(
+        connection: &Connection,
+        queue: &'static str,
+        tag_prefix: &str,
+        prefetch: u16,
+    ) -> anyhow::Result<Self> {
+        let (channel, consumer, tag) =
+            open_consumer(connection, queue, tag_prefix, prefetch).await?;
+        tracing::info!(queue, "consuming");
+        Ok(Self {
+            channel,
+            consumer,
+            tag,
+            queue,
+        })
+    }
+
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The next delivery; `None` once `shutdown` fired.
+    ///
+    /// # Errors
+    /// The broker failed or cancelled the consumer.
+    pub(crate) async fn next(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Delivery>> {
+        let queue = self.queue;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Ok(None),
+            next = self.consumer.next() => match next {
+                Some(Ok(delivery)) => Ok(Some(delivery)),
+                Some(Err(error)) => Err(error).with_context(|| format!("consuming {queue} failed")),
+                None => bail!("the broker cancelled our consumer of {queue}"),
+            },
+        }
+    }
+
+    /// Cancels the consumer and closes the channel.
+    pub(crate) async fn close(self) {
+        let _ = self
+            .channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        let _ = self.channel.close(200, "auditor stopping".into()).await;
+    }
+}
+
 /// Consumes on one connection until shutdown (`Ok`) or a broker error (`Err`).
 async fn consume(
     connection: &Connection,
@@ -360,17 +432,7 @@ async fn process(
 async fn dead_letter(channel: &Channel, poison: &[Poison<'_>]) -> anyhow::Result<()> {
     let mut confirms = Vec::with_capacity(poison.len());
     for item in poison {
-        let mut headers = item
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        headers.insert(
-            REASON_HEADER.into(),
-            AMQPValue::LongString(LongString::from(item.reason.as_str())),
-        );
-        let properties = item.delivery.properties.clone().with_headers(headers);
+        let properties = with_reason(item.delivery, &item.reason);
         let confirm = broker::publish_mandatory(
             channel,
             "",

@@ -14,11 +14,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
+use anyhow::Context as _;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions};
-use lapin::types::{AMQPValue, LongString};
+use lapin::options::BasicAckOptions;
 use lapin::{Channel, Connection};
 use platform::backoff::Backoff;
 use platform::broker::{self, DELIVERY_DEAD_LETTER_QUEUE, DELIVERY_QUEUE};
@@ -27,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use wire::DeliveryEvent;
 use wire::contract::{self, WireError};
 
-use crate::consume::{REASON_HEADER, open_consumer};
+use crate::consume::{OneByOne, with_reason};
 use crate::store;
 use crate::store::delivery::{DeliveryOutcome, DeliveryStore};
 
@@ -87,34 +85,19 @@ async fn consume(
     broker::declare_delivery_topology(connection)
         .await
         .context("cannot declare the delivery exchange and queues")?;
-    let (channel, mut consumer, tag) = open_consumer(
+    let mut queue = OneByOne::open(
         connection,
         DELIVERY_QUEUE,
         "cluegetter-auditor-deliveries",
         PREFETCH,
     )
     .await?;
-    tracing::info!(queue = DELIVERY_QUEUE, "consuming delivery events");
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => {
-                    return Err(error).with_context(|| format!("consuming {DELIVERY_QUEUE} failed"));
-                }
-                None => bail!("the broker cancelled our consumer of {DELIVERY_QUEUE}"),
-            },
-        };
-        if !handle(&channel, store, &delivery, max_backoff, shutdown).await? {
+    while let Some(delivery) = queue.next(shutdown).await? {
+        if !handle(queue.channel(), store, &delivery, max_backoff, shutdown).await? {
             break;
         }
     }
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    let _ = channel.close(200, "auditor stopping".into()).await;
+    queue.close().await;
     Ok(())
 }
 
@@ -188,12 +171,7 @@ async fn dead_letter(
     kind: &'static str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        REASON_HEADER.into(),
-        AMQPValue::LongString(LongString::from(reason)),
-    );
-    let properties = delivery.properties.clone().with_headers(headers);
+    let properties = with_reason(delivery, reason);
     broker::publish_confirmed(
         channel,
         "",
